@@ -1,0 +1,1 @@
+"""The `keras-abkd` command line. The library never imports this package."""

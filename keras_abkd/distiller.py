@@ -1,0 +1,290 @@
+"""`Distiller`: a Keras model that trains a student to match a frozen teacher."""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from keras_abkd.losses import registry
+from keras_abkd.losses.alpha_beta import ABDivergence
+
+# Keras loss names that need `from_logits=True` when the student outputs
+# logits, which is what a distillation student does.
+_LOGIT_LOSSES = {
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    "binary_crossentropy": keras.losses.BinaryCrossentropy,
+}
+
+
+def _check_weight(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number >= 0, got {name}={value!r}.")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(
+            f"{name} must be a finite number >= 0, got {name}={value}. "
+            "Use 0.0 to switch that term off."
+        )
+    return value
+
+
+def _resolve_student_loss(loss):
+    if loss is None:
+        return None
+    if isinstance(loss, str) and loss in _LOGIT_LOSSES:
+        return _LOGIT_LOSSES[loss](from_logits=True)
+    return keras.losses.get(loss)
+
+
+def weighted_mean(values, sample_weight=None):
+    """Average `values` over every position, weighted by `sample_weight`.
+
+    `sample_weight` may have fewer trailing axes than `values` (a weight per
+    example for per-token values) and is broadcast over the missing ones. The
+    result is `sum(w * values) / sum(w)`: with a padding mask as weight, the
+    mean over the valid positions of the whole batch. When the weights sum to
+    zero the result is 0 and its gradient is zero and finite.
+
+    Args:
+        values: Float tensor, one value per position.
+        sample_weight: Optional non-negative tensor broadcastable to `values`
+            after trailing axes are added.
+
+    Returns:
+        A scalar float tensor.
+    """
+    if sample_weight is None:
+        return ops.mean(values)
+
+    weight = ops.cast(sample_weight, values.dtype)
+    while len(weight.shape) < len(values.shape):
+        weight = ops.expand_dims(weight, axis=-1)
+    weight = ops.broadcast_to(weight, ops.shape(values))
+
+    # Positions with zero weight may hold non-finite values (padding logits),
+    # so they are removed before the product rather than multiplied by 0.
+    valid = ops.greater(weight, 0.0)
+    values = ops.where(valid, values, ops.zeros_like(values))
+    total_weight = ops.sum(weight)
+    has_weight = ops.greater(total_weight, 0.0)
+    safe_total = ops.where(has_weight, total_weight, ops.ones_like(total_weight))
+    mean = ops.sum(weight * values) / safe_total
+    return ops.where(has_weight, mean, ops.zeros_like(mean))
+
+
+@keras.saving.register_keras_serializable(package="keras_abkd")
+class Distiller(keras.Model):
+    """Train a student to match a frozen teacher, with `compile` and `fit`.
+
+    Each training step runs the teacher on the batch (always with
+    `training=False`, so dropout is off and BatchNorm statistics stay fixed),
+    runs the student, and minimises
+
+    ```
+    loss = distillation_loss_weight * mean_w(D(teacher_logits, student_logits))
+         + student_loss_weight * student_loss(y, student_logits)
+         + the student's own losses (regularizers, `add_loss`)
+    ```
+
+    where `mean_w` is the mean over all positions of the batch weighted by
+    `sample_weight` (for example a padding mask of shape `(batch, length)` for
+    logits of shape `(batch, length, vocabulary)`). The teacher gets no
+    gradient and is never in `trainable_weights`. Calling the distiller calls
+    the student, so `predict` returns student logits.
+
+    Inputs are passed unchanged to both models, so dict inputs work when
+    teacher and student take the same keys. Teacher logits are cast to
+    float32, so a bfloat16 teacher can teach a float32 student.
+
+    Args:
+        teacher: A built `keras.Model` that returns logits.
+        student: A built `keras.Model` that returns logits of the same shape.
+        distillation_loss: A `keras.losses.Loss` (or a function) that takes
+            teacher logits as `y_true` and student logits as `y_pred` and
+            returns one value per position, or a registered name such as
+            `"forward_kl"`. Defaults to `ABDivergence(alpha=0.2, beta=0.7)`,
+            the setting of the ABKD paper for GPT-2.
+        distillation_loss_weight: Weight of the distillation term. Defaults
+            to 1.0.
+        student_loss_weight: Weight of the supervised loss given to
+            `compile(loss=...)`. Defaults to 0.0, which still computes and
+            reports that loss when labels are given.
+        name: Model name. Defaults to `"distiller"`.
+
+    Example:
+
+    ```python
+    distiller = keras_abkd.Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_loss=keras_abkd.ABDivergence(alpha=0.2, beta=0.7),
+        student_loss_weight=0.5,
+    )
+    distiller.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    distiller.fit(images, labels, epochs=3)
+    distiller.student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_loss=None,
+        distillation_loss_weight=1.0,
+        student_loss_weight=0.0,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras.layers.Layer):
+                raise ValueError(
+                    f"{role} must be a keras.Model, got {type(model).__name__}."
+                )
+        if teacher is student:
+            raise ValueError(
+                "teacher and student are the same object. Pass a separate "
+                "student model; the teacher is frozen during distillation."
+            )
+
+        self.teacher = teacher
+        self.student = student
+        self.teacher.trainable = False
+
+        if distillation_loss is None:
+            distillation_loss = ABDivergence(alpha=0.2, beta=0.7)
+        self.distillation_loss = registry.get(distillation_loss)
+        self.distillation_loss_weight = _check_weight(
+            "distillation_loss_weight", distillation_loss_weight
+        )
+        self.student_loss_weight = _check_weight(
+            "student_loss_weight", student_loss_weight
+        )
+
+        self._student_loss = None
+        self._student_loss_identifier = None
+        # Teacher logits computed outside the gradient tape (TensorFlow only).
+        self._precomputed_teacher_logits = None
+
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+
+        if getattr(teacher, "built", False) and getattr(student, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Configure the optimizer, the student's supervised loss and metrics.
+
+        Args:
+            optimizer: Optimizer for the student, as in `keras.Model.compile`.
+            loss: Optional supervised loss between labels and student logits.
+                The names `"sparse_categorical_crossentropy"`,
+                `"categorical_crossentropy"` and `"binary_crossentropy"`
+                resolve with `from_logits=True`.
+            metrics: Metrics between labels and student logits.
+            **kwargs: Passed to `keras.Model.compile`.
+        """
+        self._student_loss_identifier = loss
+        self._student_loss = _resolve_student_loss(loss)
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self._student_loss is not None:
+            config["loss"] = keras.saving.serialize_keras_object(self._student_loss)
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def teacher_logits(self, x):
+        """Run the frozen teacher on `x` and return float32 logits."""
+        logits = self.teacher(x, training=False)
+        return ops.stop_gradient(ops.cast(logits, "float32"))
+
+    def train_step(self, *args, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            return super().train_step(*args, **kwargs)
+
+        # TensorFlow's GradientTape records every op run under it, the frozen
+        # teacher's forward pass included. Running the teacher before the
+        # tape opens keeps its activations out of the tape's memory.
+        (data,) = args
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self._precomputed_teacher_logits = self.teacher_logits(x)
+        try:
+            return super().train_step(data)
+        finally:
+            self._precomputed_teacher_logits = None
+
+    def compute_distillation_loss(self, teacher_logits, student_logits, sample_weight=None):
+        """Return the weighted mean divergence over all positions of a batch."""
+        student_logits = ops.cast(student_logits, "float32")
+        loss_fn = self.distillation_loss
+        if isinstance(loss_fn, keras.losses.Loss):
+            values = loss_fn.call(teacher_logits, student_logits)
+        else:
+            values = loss_fn(teacher_logits, student_logits)
+        return weighted_mean(values, sample_weight)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        if self._precomputed_teacher_logits is not None:
+            teacher_logits = self._precomputed_teacher_logits
+        else:
+            teacher_logits = self.teacher_logits(x)
+
+        distillation_loss = self.compute_distillation_loss(
+            teacher_logits, y_pred, sample_weight
+        )
+        total = self.distillation_loss_weight * distillation_loss
+
+        student_loss = ops.zeros((), dtype="float32")
+        if self._student_loss is not None and y is not None:
+            student_loss = ops.cast(
+                self._student_loss(y, y_pred, sample_weight=sample_weight), "float32"
+            )
+            total = total + self.student_loss_weight * student_loss
+
+        # The student's own losses: regularizers and `add_loss` terms. The
+        # teacher is frozen, so none of its weight regularizers appear here.
+        for extra_loss in self.losses:
+            total = total + ops.cast(ops.sum(extra_loss), "float32")
+
+        self.distillation_loss_tracker.update_state(distillation_loss)
+        self.student_loss_tracker.update_state(student_loss)
+        return total
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "distillation_loss": keras.saving.serialize_keras_object(
+                    self.distillation_loss
+                ),
+                "distillation_loss_weight": self.distillation_loss_weight,
+                "student_loss_weight": self.student_loss_weight,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student", "distillation_loss"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
