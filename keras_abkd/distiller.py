@@ -168,6 +168,9 @@ class Distiller(keras.Model):
         self._student_loss_identifier = None
         # Teacher logits computed outside the gradient tape (TensorFlow only).
         self._precomputed_teacher_logits = None
+        # Whether the compiled train and test functions receive the sample
+        # weights in the label slot, see `_route_sample_weight`.
+        self._weights_as_labels = {"train_function": False, "test_function": False}
 
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -206,6 +209,30 @@ class Distiller(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _route_sample_weight(self, y, sample_weight, function_name):
+        """Move `sample_weight` into the label slot when there are no labels.
+
+        Keras data adapters drop `sample_weight` when `y` is None, but a
+        distiller needs no labels and often needs a mask. The weights then
+        travel as `y`, and `compute_loss` moves them back. The compiled
+        function is rebuilt when this routing changes between calls.
+        """
+        as_labels = y is None and sample_weight is not None
+        if as_labels != self._weights_as_labels[function_name]:
+            self._weights_as_labels[function_name] = as_labels
+            setattr(self, function_name, None)
+        if as_labels:
+            return sample_weight, None
+        return y, sample_weight
+
+    def fit(self, x=None, y=None, sample_weight=None, **kwargs):
+        y, sample_weight = self._route_sample_weight(y, sample_weight, "train_function")
+        return super().fit(x, y, sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, sample_weight=None, **kwargs):
+        y, sample_weight = self._route_sample_weight(y, sample_weight, "test_function")
+        return super().evaluate(x, y, sample_weight=sample_weight, **kwargs)
+
     def teacher_logits(self, x):
         """Run the frozen teacher on `x` and return float32 logits."""
         logits = self.teacher(x, training=False)
@@ -239,6 +266,9 @@ class Distiller(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
+        function_name = "train_function" if training else "test_function"
+        if self._weights_as_labels[function_name]:
+            y, sample_weight = None, y
         if y_pred is None:
             y_pred = self(x, training=training)
         if self._precomputed_teacher_logits is not None:

@@ -7,6 +7,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+if keras.backend.backend() == "jax":
+    import jax
+
+    # Float64 references and gradients need 64-bit arrays; Keras layers still
+    # compute in float32, their default float type.
+    jax.config.update("jax_enable_x64", True)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
