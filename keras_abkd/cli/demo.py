@@ -48,7 +48,7 @@ def default_cache_dir():
 
 
 def build_teacher(input_shape, num_classes):
-    """A small convolutional network: the teacher."""
+    """Build the teacher, a small convolutional network."""
     import keras
 
     inputs = keras.Input(input_shape)
@@ -64,7 +64,7 @@ def build_teacher(input_shape, num_classes):
 
 
 def build_student(input_shape, num_classes, units):
-    """A one-hidden-layer perceptron: the student."""
+    """Build the student, a one-hidden-layer perceptron."""
     import keras
 
     inputs = keras.Input(input_shape)
@@ -211,6 +211,8 @@ def run(config):
     import keras
 
     start = time.perf_counter()
+    # Built first, so that invalid alpha, beta or temperature fail before training.
+    student_objectives = objectives(config)
     (x_train, y_train), (x_test, y_test) = datasets.load(config.dataset)
     print(
         f"{config.dataset}: {len(x_train)} training and {len(x_test)} test images, "
@@ -228,7 +230,7 @@ def run(config):
 
     rows = []
     student_parameters = None
-    for name, distillation_loss in objectives(config):
+    for name, distillation_loss in student_objectives:
         accuracies, agreements = [], []
         for seed in range(config.seeds):
             print(f"Student: {name}, seed {seed}")
@@ -337,6 +339,6 @@ def _main(args):
     )
     try:
         run(config)
-    except datasets.DatasetNotFoundError as error:
+    except (datasets.DatasetNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     return 0

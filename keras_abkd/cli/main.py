@@ -7,7 +7,11 @@ Each subcommand lives in its own module of this package and exposes
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# TensorFlow logs several start-up lines at import unless this level is set.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Modules of this package that define a subcommand, in the order of `--help`.
 SUBCOMMAND_MODULES = [

@@ -1,0 +1,28 @@
+# Set-up, demo and tests on a Debian machine (run as root for apt-get).
+PYTHON ?= python3
+BACKENDS ?= jax tensorflow torch
+EXTRAS ?= dev,jax,tensorflow,torch,hub,plot
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-data demo test
+
+# Installs the package with every backend; torch is pinned by the constraints file.
+setup:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check \
+		-c requirements/constraints.txt -e ".[$(EXTRAS)]"
+
+# Fashion-MNIST from Debian's package, for the demo (no download needed).
+setup-data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: setup setup-data
+	KERAS_BACKEND=$${KERAS_BACKEND:-jax} keras-abkd demo
+
+# The whole suite once per backend; stops at the first failing backend.
+test: setup
+	@for backend in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$backend ==="; \
+		OMP_NUM_THREADS=1 KERAS_BACKEND=$$backend $(PYTHON) -m pytest -q $(PYTEST_ARGS) || exit 1; \
+	done

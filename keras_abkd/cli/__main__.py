@@ -1,0 +1,5 @@
+import sys
+
+from keras_abkd.cli.main import main
+
+sys.exit(main())
