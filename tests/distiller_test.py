@@ -392,3 +392,28 @@ def test_default_distillation_loss_is_paper_setting():
     distiller = keras_abkd.Distiller(_mlp(16), _mlp(4))
     assert isinstance(distiller.distillation_loss, ABDivergence)
     assert (distiller.distillation_loss.alpha, distiller.distillation_loss.beta) == (0.2, 0.7)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow train step")
+def test_tensorflow_runs_teacher_outside_tape():
+    from tensorflow.python.eager import record
+
+    seen = []
+
+    class RecordingLayer(keras.layers.Layer):
+        def call(self, inputs):
+            # True when a GradientTape would record this op.
+            seen.append(record.could_possibly_record())
+            return inputs
+
+    inputs = keras.Input((8,))
+    teacher = keras.Model(inputs, keras.layers.Dense(5)(RecordingLayer()(inputs)))
+    distiller = Distiller(teacher, _mlp(4, name="student"))
+    distiller.compile(optimizer="sgd", run_eagerly=True)
+    x, _ = _data(16)
+
+    distiller.fit(x, epochs=1, batch_size=16, verbose=0)
+
+    # Keras also runs the loss once symbolically to build metrics.
+    assert seen
+    assert not any(seen)
