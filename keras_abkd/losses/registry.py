@@ -1,14 +1,39 @@
-"""Names for the divergences, so that strings work wherever a loss does."""
+"""Names for the divergences, for `Distiller(distillation_loss=...)` and `get`.
+
+`keras.losses.get` (Keras 3.15) resolves a string only among Keras' own
+losses, and `compile(loss=...)` goes through it, so a plain name such as
+`"reverse_kl"` cannot be passed to `compile`. Pass the object instead:
+`model.compile(loss=keras_abkd.losses.get("reverse_kl"))`. The registered
+class names (`"keras_abkd>ReverseKL"`) resolve in `keras.losses.get` only
+inside a config dict, and `compile` reads a dict as one loss per output.
+"""
 
 import keras
 
+from keras_abkd.losses.adaptive_kl import AdaptiveKL
 from keras_abkd.losses.alpha_beta import ABDivergence
+from keras_abkd.losses.alpha_beta_lines import AlphaDivergence
+from keras_abkd.losses.alpha_beta_lines import BetaDivergence
+from keras_abkd.losses.jsd import GeneralizedJSD
+from keras_abkd.losses.kl import ForwardKL
+from keras_abkd.losses.kl import ReverseKL
+from keras_abkd.losses.kl import SkewForwardKL
+from keras_abkd.losses.kl import SkewReverseKL
+from keras_abkd.losses.total_variation import TotalVariation
 
-# Each name maps to a factory taking no argument.
+# Each name maps to a factory taking no argument. Parameters without a
+# default in their class get the midpoint of their usual range here.
 _FACTORIES = {
     "ab_divergence": lambda: ABDivergence(alpha=0.2, beta=0.7),
-    "forward_kl": lambda: ABDivergence(alpha=1.0, beta=0.0, name="forward_kl"),
-    "reverse_kl": lambda: ABDivergence(alpha=0.0, beta=1.0, name="reverse_kl"),
+    "forward_kl": ForwardKL,
+    "reverse_kl": ReverseKL,
+    "alpha_divergence": lambda: AlphaDivergence(alpha=0.5),
+    "beta_divergence": lambda: BetaDivergence(beta=0.5),
+    "generalized_jsd": GeneralizedJSD,
+    "skew_forward_kl": SkewForwardKL,
+    "skew_reverse_kl": SkewReverseKL,
+    "total_variation": TotalVariation,
+    "adaptive_kl": AdaptiveKL,
 }
 
 
