@@ -5,144 +5,113 @@ import math
 import keras
 from keras import ops
 
-from keras_abkd.losses import divided_differences
+from keras_abkd.losses import alpha_beta_chunk
+from keras_abkd.losses import chunking
 from keras_abkd.losses import validation
 
 
-def _log_space_nodes(log_p, log_q, alpha, beta):
-    """Return the nodes `log p^(a+b)`, `log p^a q^b` and `log q^(a+b)`."""
-    total = alpha + beta
-    return total * log_p, alpha * log_p + beta * log_q, total * log_q
+def _divergence_of_logits(
+    teacher_logits, student_logits, alpha, beta, temperature, compute_dtype, chunk_size
+):
+    """Divergence of `[..., classes]` logits, chunk by chunk over positions.
 
-
-def _zero_probability_limit(log_other, own_exponent, total):
-    """Value of one term when one side's probability is exactly zero.
-
-    With `p = 0` and `q > 0`, the term tends to `q^(a+b) / (a (a+b))` when
-    `a > 0` and `a + b > 0`, and to `+inf` otherwise. The case `q = 0`,
-    `p > 0` is the same with `a` and `b` swapped (`own_exponent` is the
-    exponent of the side that is zero).
+    The forward pass computes the value and the gradient of each chunk
+    together (see `alpha_beta_chunk`) and keeps only the gradient, cast to
+    the input dtype, so the backward pass is one multiplication by the
+    upstream gradient. Casting to `compute_dtype` and dividing by the
+    temperature also happen per chunk, so bfloat16 logits never exist as a
+    full float32 copy.
     """
-    if own_exponent > 0.0 and total > 0.0:
-        return ops.exp(total * log_other) / (own_exponent * total)
-    return ops.full_like(log_other, math.inf)
+    layout = alpha_beta_chunk.NodeLayout(alpha, beta)
+    need_teacher = chunking.gradients_needed(teacher_logits)
+    need_student = chunking.gradients_needed(student_logits)
+
+    @ops.custom_gradient
+    def divergence(teacher, student):
+        batch_shape = tuple(teacher.shape[:-1])
+        classes = teacher.shape[-1]
+        if any(dim is None for dim in batch_shape):
+            # NOTE: chunks need a static number of positions, so a traced
+            # TensorFlow graph with an unknown batch size runs as one chunk.
+            batch_shape = tuple(ops.shape(teacher)[:-1])
+            positions = -1
+            bounds = [(None, None)]
+        else:
+            positions = math.prod(batch_shape)
+            bounds = chunking.chunk_bounds(positions, chunk_size)
+        teacher = ops.reshape(teacher, (positions, classes))
+        student = ops.reshape(student, (positions, classes))
+
+        values, teacher_grads, student_grads = [], [], []
+        for start, stop in bounds:
+            value, grad_teacher, grad_student = alpha_beta_chunk.chunk_value_and_gradients(
+                teacher[start:stop],
+                student[start:stop],
+                alpha,
+                beta,
+                temperature,
+                compute_dtype,
+                with_gradients=need_teacher or need_student,
+                layout=layout,
+            )
+            values.append(value)
+            teacher_grads.append(grad_teacher)
+            student_grads.append(grad_student)
+
+        if len(values) > 1:
+            values = [ops.concatenate(values, axis=0)]
+        value = ops.reshape(values[0], batch_shape)
+        stored = {}
+        if need_teacher:
+            stored["teacher"] = chunking.concatenate_rows(teacher_grads)
+        if need_student:
+            stored["student"] = chunking.concatenate_rows(student_grads)
+        del teacher_grads, student_grads
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.reshape(upstream, (-1,))
+            results = []
+            for name, logits in (("teacher", teacher), ("student", student)):
+                if name in stored:
+                    # Taken out of `stored` because PyTorch scales it in place.
+                    gradient = chunking.scale_rows(stored.pop(name), upstream)
+                else:
+                    gradient = ops.zeros_like(logits)
+                results.append(ops.reshape(gradient, batch_shape + (classes,)))
+            return tuple(results)
+
+        return value, grad
+
+    return divergence(teacher_logits, student_logits)
 
 
-def _masks(log_p, log_q):
-    neg_inf = -math.inf
-    teacher_zero = ops.equal(log_p, neg_inf)
-    student_zero = ops.equal(log_q, neg_inf)
-    return teacher_zero, student_zero
-
-
-def _pointwise_divergence(log_p, log_q, alpha, beta):
-    """Terms of the divergence, one per class, from log-probabilities.
-
-    Each term equals `(log q - log p)^2 * exp[n0, n1, n2]`, the second
-    divided difference of `exp` at the three log-space nodes. Expanding the
-    divided difference gives back the textbook formula, and its limits give
-    the special cases on the lines alpha = 0, beta = 0 and alpha + beta = 0.
-    """
-    teacher_zero, student_zero = _masks(log_p, log_q)
-    any_zero = ops.logical_or(teacher_zero, student_zero)
-    safe_p = ops.where(any_zero, ops.zeros_like(log_p), log_p)
-    safe_q = ops.where(any_zero, ops.zeros_like(log_q), log_q)
-
-    log_ratio = safe_q - safe_p
-    nodes = _log_space_nodes(safe_p, safe_q, alpha, beta)
-    terms = ops.square(log_ratio) * divided_differences.exp_divided_difference_2(*nodes)
-
-    total = alpha + beta
-    teacher_limit = _zero_probability_limit(safe_q, alpha, total)
-    student_limit = _zero_probability_limit(safe_p, beta, total)
-    terms = ops.where(teacher_zero, teacher_limit, terms)
-    terms = ops.where(student_zero, student_limit, terms)
-    both_zero = ops.logical_and(teacher_zero, student_zero)
-    return ops.where(both_zero, ops.zeros_like(terms), terms)
-
-
-def _pointwise_gradients(log_p, log_q, alpha, beta):
-    """Derivatives of each term with respect to `log p` and `log q`.
-
-    `d/d(log q) = (log q - log p) * exp[n1, n2]` and
-    `d/d(log p) = -(log q - log p) * exp[n0, n1]`. A class where either
-    probability is zero gets the limit where it is finite and 0 otherwise.
-    """
-    teacher_zero, student_zero = _masks(log_p, log_q)
-    any_zero = ops.logical_or(teacher_zero, student_zero)
-    safe_p = ops.where(any_zero, ops.zeros_like(log_p), log_p)
-    safe_q = ops.where(any_zero, ops.zeros_like(log_q), log_q)
-
-    log_ratio = safe_q - safe_p
-    node0, node1, node2 = _log_space_nodes(safe_p, safe_q, alpha, beta)
-    grad_q = log_ratio * divided_differences.exp_divided_difference_1(node1, node2)
-    grad_p = -log_ratio * divided_differences.exp_divided_difference_1(node0, node1)
-
-    # As p -> 0 with alpha > 0, d/d(log q) tends to q^(a+b) / alpha. For
-    # alpha <= 0 the divergence itself is +inf there.
-    # NOTE: the gradient of such an infinite term is reported as 0, so that
-    # the other classes keep finite gradients.
-    total = alpha + beta
-    if alpha > 0.0:
-        teacher_zero_grad_q = ops.exp(total * safe_q) / alpha
-    else:
-        teacher_zero_grad_q = ops.zeros_like(safe_q)
-    grad_q = ops.where(teacher_zero, teacher_zero_grad_q, grad_q)
-    grad_q = ops.where(student_zero, ops.zeros_like(grad_q), grad_q)
-
-    if beta > 0.0:
-        student_zero_grad_p = ops.exp(total * safe_p) / beta
-    else:
-        student_zero_grad_p = ops.zeros_like(safe_p)
-    grad_p = ops.where(student_zero, student_zero_grad_p, grad_p)
-    grad_p = ops.where(teacher_zero, ops.zeros_like(grad_p), grad_p)
-    return grad_p, grad_q
-
-
-def _softmax_backward(grad_log_probs, log_probs):
-    """Chain `d/d(log softmax(z))` back to `d/dz` along the last axis."""
-    probs = ops.exp(log_probs)
-    total = ops.sum(grad_log_probs, axis=-1, keepdims=True)
-    return grad_log_probs - probs * total
-
-
-def alpha_beta_divergence_from_scaled_logits(teacher_logits, student_logits, alpha, beta):
+def alpha_beta_divergence_from_scaled_logits(
+    teacher_logits, student_logits, alpha, beta, chunk_size=None
+):
     """Divergence along the last axis of two logit tensors already divided by T.
 
-    The gradient is written in closed form and recomputed from the logits in
-    the backward pass, so no vocabulary-sized intermediate is kept between
-    the two passes.
+    The value and the gradient are computed together in one pass over the
+    logits, from five transcendental functions per class, and the gradient
+    is stored for the backward pass.
 
     Args:
         teacher_logits: Float tensor `[..., classes]`.
         student_logits: Float tensor of the same shape and dtype.
         alpha: Python float.
         beta: Python float.
+        chunk_size: Optional number of positions (product of the leading
+            axes) processed at a time. None processes all at once.
 
     Returns:
         Tensor `[...]`.
     """
-
-    @ops.custom_gradient
-    def divergence(teacher, student):
-        log_p = ops.log_softmax(teacher, axis=-1)
-        log_q = ops.log_softmax(student, axis=-1)
-        value = ops.sum(_pointwise_divergence(log_p, log_q, alpha, beta), axis=-1)
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            log_p = ops.log_softmax(teacher, axis=-1)
-            log_q = ops.log_softmax(student, axis=-1)
-            grad_p, grad_q = _pointwise_gradients(log_p, log_q, alpha, beta)
-            upstream = ops.expand_dims(upstream, axis=-1)
-            grad_teacher = upstream * _softmax_backward(grad_p, log_p)
-            grad_student = upstream * _softmax_backward(grad_q, log_q)
-            return grad_teacher, grad_student
-
-        return value, grad
-
-    return divergence(teacher_logits, student_logits)
+    chunk_size = chunking.check_chunk_size(chunk_size)
+    compute_dtype = validation.compute_dtype(teacher_logits, student_logits)
+    return _divergence_of_logits(
+        teacher_logits, student_logits, alpha, beta, 1.0, compute_dtype, chunk_size
+    )
 
 
 def _log_probabilities_as_logits(probabilities):
@@ -182,7 +151,14 @@ def prepare_logits(y_true, y_pred, temperature, from_logits, axis):
 
 @keras.saving.register_keras_serializable(package="keras_abkd")
 def alpha_beta_divergence(
-    y_true, y_pred, alpha, beta, temperature=1.0, from_logits=True, axis=-1
+    y_true,
+    y_pred,
+    alpha,
+    beta,
+    temperature=1.0,
+    from_logits=True,
+    axis=-1,
+    chunk_size=None,
 ):
     """Compute the alpha-beta divergence D(p || q) of teacher p and student q.
 
@@ -236,6 +212,12 @@ def alpha_beta_divergence(
         from_logits: Whether the inputs are logits. Probabilities given with
             `from_logits=False` are normalised along `axis`. Defaults to True.
         axis: The class axis. Defaults to -1.
+        chunk_size: Optional positive int. The positions (all axes but
+            `axis`, flattened) are processed this many at a time in the
+            forward and the backward pass, so memory beyond the inputs and
+            their gradient is about one chunk of `[chunk_size, classes]`
+            float32 arrays. The result does not depend on it. None (the
+            default) processes all positions at once.
 
     Returns:
         Tensor with the input shape without `axis`, in float32 (float64 for
@@ -251,8 +233,40 @@ def alpha_beta_divergence(
     """
     alpha, beta = validation.check_alpha_beta(alpha, beta)
     temperature = validation.check_temperature(temperature)
-    y_true, y_pred = prepare_logits(y_true, y_pred, temperature, from_logits, axis)
-    return alpha_beta_divergence_from_scaled_logits(y_true, y_pred, alpha, beta)
+    chunk_size = chunking.check_chunk_size(chunk_size)
+    if not from_logits:
+        y_true, y_pred = prepare_logits(y_true, y_pred, temperature, from_logits, axis)
+        return alpha_beta_divergence_from_scaled_logits(
+            y_true, y_pred, alpha, beta, chunk_size=chunk_size
+        )
+
+    # Logits keep their dtype here: each chunk is cast and divided by the
+    # temperature on its own, so no full-size float32 copy is made.
+    y_true, y_pred = _logits_with_class_axis_last(y_true, y_pred, axis)
+    compute_dtype = validation.compute_dtype(y_true, y_pred)
+    return _divergence_of_logits(
+        y_true, y_pred, alpha, beta, temperature, compute_dtype, chunk_size
+    )
+
+
+def _logits_with_class_axis_last(y_true, y_pred, axis):
+    """Convert to float tensors with the class axis last, without casting floats."""
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    validation.check_matching_shapes(y_true, y_pred, axis)
+
+    compute_dtype = validation.compute_dtype(y_true, y_pred)
+    if not _is_float(y_true) or not _is_float(y_pred):
+        y_true = ops.cast(y_true, compute_dtype)
+        y_pred = ops.cast(y_pred, compute_dtype)
+    if axis not in (-1, len(y_pred.shape) - 1):
+        y_true = ops.moveaxis(y_true, axis, -1)
+        y_pred = ops.moveaxis(y_pred, axis, -1)
+    return y_true, y_pred
+
+
+def _is_float(tensor):
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(tensor.dtype))
 
 
 @keras.saving.register_keras_serializable(package="keras_abkd")
@@ -271,6 +285,9 @@ class ABDivergence(keras.losses.Loss):
         temperature: Positive float dividing both logits. Defaults to 1.0.
         from_logits: Whether the inputs are logits. Defaults to True.
         axis: The class axis. Defaults to -1.
+        chunk_size: Optional positive int, the number of positions
+            processed at a time, see `alpha_beta_divergence`. Defaults to
+            None, all positions at once.
         reduction: Keras loss reduction. Defaults to
             `"sum_over_batch_size"`.
         name: Name of the loss. Defaults to `"ab_divergence"`.
@@ -294,6 +311,7 @@ class ABDivergence(keras.losses.Loss):
         temperature=1.0,
         from_logits=True,
         axis=-1,
+        chunk_size=None,
         reduction="sum_over_batch_size",
         name="ab_divergence",
         dtype=None,
@@ -303,6 +321,7 @@ class ABDivergence(keras.losses.Loss):
         self.temperature = validation.check_temperature(temperature)
         self.from_logits = bool(from_logits)
         self.axis = int(axis)
+        self.chunk_size = chunking.check_chunk_size(chunk_size)
 
     def call(self, y_true, y_pred):
         return alpha_beta_divergence(
@@ -313,6 +332,7 @@ class ABDivergence(keras.losses.Loss):
             temperature=self.temperature,
             from_logits=self.from_logits,
             axis=self.axis,
+            chunk_size=self.chunk_size,
         )
 
     def get_config(self):
@@ -324,6 +344,7 @@ class ABDivergence(keras.losses.Loss):
                 "temperature": self.temperature,
                 "from_logits": self.from_logits,
                 "axis": self.axis,
+                "chunk_size": self.chunk_size,
             }
         )
         return config
