@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Modules of this package that define a subcommand, in the order of `--help`.
 SUBCOMMAND_MODULES = [
     "keras_abkd.cli.demo",
+    "keras_abkd.cli.plot_gradients",
 ]
 
 
