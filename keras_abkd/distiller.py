@@ -1,9 +1,11 @@
 """`Distiller`: a Keras model that trains a student to match a frozen teacher."""
 
+import logging
 import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_abkd.losses import registry
@@ -28,6 +30,50 @@ def _check_weight(name, value):
             "Use 0.0 to switch that term off."
         )
     return value
+
+
+logger = logging.getLogger(__name__)
+
+
+def _check_model(role, model):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"{role} must be a keras.Model, got {type(model).__name__}. Wrap "
+            "a layer in a model with keras.Input, or load a saved model with "
+            "keras.saving.load_model."
+        )
+    if not model.built:
+        raise ValueError(
+            f"The {role} model {model.name!r} is not built, so its weights do "
+            "not exist yet. Start it with keras.Input(shape), or call "
+            f"{role}.build(input_shape) before creating the Distiller."
+        )
+
+
+def _output_width(model):
+    """Return the static size of the last output axis, or None."""
+    try:
+        shape = model.outputs[0].shape
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return shape[-1] if len(shape) else None
+
+
+def _check_sample_weight(sample_weight):
+    """Reject negative or non-finite array weights before training starts."""
+    if sample_weight is None or not isinstance(sample_weight, (np.ndarray, list, tuple)):
+        return
+    weights = np.asarray(sample_weight, dtype="float64")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(
+            "sample_weight contains NaN or infinite values. Use finite "
+            "weights >= 0, with 0 for positions to ignore."
+        )
+    if np.any(weights < 0):
+        raise ValueError(
+            f"sample_weight must be >= 0, got a minimum of {weights.min()}. "
+            "Use 0 for positions to ignore."
+        )
 
 
 def _resolve_student_loss(loss):
@@ -128,6 +174,10 @@ class Distiller(keras.Model):
     ```
     """
 
+    # Whether the constructor requires equal static output widths. Subclasses
+    # that slice the logits before the loss (see `keras_abkd.hub`) turn it off.
+    check_output_widths = True
+
     def __init__(
         self,
         teacher,
@@ -139,15 +189,26 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras.layers.Layer):
-                raise ValueError(
-                    f"{role} must be a keras.Model, got {type(model).__name__}."
-                )
+        _check_model("teacher", teacher)
+        _check_model("student", student)
         if teacher is student:
             raise ValueError(
                 "teacher and student are the same object. Pass a separate "
                 "student model; the teacher is frozen during distillation."
+            )
+        teacher_width = _output_width(teacher)
+        student_width = _output_width(student)
+        if (
+            self.check_output_widths
+            and teacher_width
+            and student_width
+            and teacher_width != student_width
+        ):
+            raise ValueError(
+                f"The teacher outputs {teacher_width} logits per position and "
+                f"the student {student_width}. Distillation compares "
+                "distributions over the same classes: give both models the "
+                "same output width."
             )
 
         self.teacher = teacher
@@ -174,9 +235,7 @@ class Distiller(keras.Model):
 
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-
-        if getattr(teacher, "built", False) and getattr(student, "built", False):
-            self.built = True
+        self.built = True
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -195,6 +254,14 @@ class Distiller(keras.Model):
         """
         self._student_loss_identifier = loss
         self._student_loss = _resolve_student_loss(loss)
+        if self._student_loss is None and self.student_loss_weight > 0.0:
+            logger.warning(
+                "student_loss_weight=%s but compile() got no loss, so the "
+                "student is trained on the distillation loss alone. Pass "
+                "loss='sparse_categorical_crossentropy' (or another loss) to "
+                "use the labels.",
+                self.student_loss_weight,
+            )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
@@ -217,6 +284,7 @@ class Distiller(keras.Model):
         travel as `y`, and `compute_loss` moves them back. The compiled
         function is rebuilt when this routing changes between calls.
         """
+        _check_sample_weight(sample_weight)
         as_labels = y is None and sample_weight is not None
         if as_labels != self._weights_as_labels[function_name]:
             self._weights_as_labels[function_name] = as_labels
@@ -293,8 +361,13 @@ class Distiller(keras.Model):
         for extra_loss in self.losses:
             total = total + ops.cast(ops.sum(extra_loss), "float32")
 
-        self.distillation_loss_tracker.update_state(distillation_loss)
-        self.student_loss_tracker.update_state(student_loss)
+        # Weighted by the batch size, like Keras' own `loss` metric, so that
+        # the epoch values do not depend on how the last batch is cut.
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        self.distillation_loss_tracker.update_state(
+            distillation_loss, sample_weight=batch_size
+        )
+        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
         return total
 
     def get_config(self):

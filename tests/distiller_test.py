@@ -417,3 +417,52 @@ def test_tensorflow_runs_teacher_outside_tape():
     # Keras also runs the loss once symbolically to build metrics.
     assert seen
     assert not any(seen)
+
+
+def test_different_output_widths_raise():
+    with pytest.raises(ValueError, match="teacher outputs 5 logits per position and the student 7"):
+        Distiller(_mlp(16, classes=5), _mlp(4, classes=7))
+
+
+def test_unbuilt_model_raises():
+    unbuilt = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="student model .* is not built"):
+        Distiller(_mlp(16), unbuilt)
+
+
+def test_layer_as_teacher_raises():
+    with pytest.raises(ValueError, match="teacher must be a keras.Model, got Dense"):
+        Distiller(keras.layers.Dense(5), _mlp(4))
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [(-np.ones(32), "sample_weight must be >= 0, got a minimum of -1.0"), (np.full(32, np.nan), "NaN or infinite")],
+)
+def test_invalid_sample_weight_raises(weights, message):
+    distiller = Distiller(_mlp(16), _mlp(4))
+    distiller.compile(optimizer="sgd")
+    x, y = _data(32)
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(x, y, sample_weight=weights, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.evaluate(x, sample_weight=weights, verbose=0)
+
+
+def test_epoch_metrics_do_not_depend_on_batch_size():
+    distiller = Distiller(_mlp(16, name="teacher"), _mlp(4, name="student"))
+    distiller.compile(optimizer="sgd")
+    x, _ = _data(40)
+
+    whole = distiller.evaluate(x, batch_size=40, verbose=0, return_dict=True)
+    uneven = distiller.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+
+    np.testing.assert_allclose(uneven["distillation_loss"], whole["distillation_loss"], rtol=1e-5)
+    np.testing.assert_allclose(uneven["loss"], uneven["distillation_loss"], rtol=1e-5)
+
+
+def test_student_loss_weight_without_loss_warns(caplog):
+    distiller = Distiller(_mlp(16), _mlp(4), student_loss_weight=0.5)
+    with caplog.at_level("WARNING", logger="keras_abkd.distiller"):
+        distiller.compile(optimizer="sgd")
+    assert "compile() got no loss" in caplog.text
