@@ -52,7 +52,7 @@ student = keras.Sequential(
 distiller = keras_abkd.Distiller(
     teacher=teacher,
     student=student,
-    distillation_loss=keras_abkd.ABDivergence(alpha=0.5, beta=0.5, temperature=2.0),
+    distillation_loss=keras_abkd.ABDivergence(alpha=1.0, beta=0.5, temperature=2.0),
     student_loss_weight=0.5,
 )
 distiller.compile(

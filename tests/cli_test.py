@@ -76,7 +76,7 @@ def test_demo_on_digits_prints_table_and_caches_teacher(tmp_path, capsys):
     second = capsys.readouterr().out
 
     assert "Training the teacher" in first
-    for row in ("labels only", "forward KL (1, 0)", "reverse KL (0, 1)", "ABKD (0.5, 0.5)"):
+    for row in ("labels only", "forward KL (1, 0)", "reverse KL (0, 1)", "ABKD (1, 0.5)"):
         assert row in first
     assert "Using the cached teacher" in second
     assert len(list(tmp_path.glob("teacher_digits_*.keras"))) == 1

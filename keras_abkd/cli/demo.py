@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 # (alpha, beta) of the ABKD row. Chosen on a validation split carved from the
 # Fashion-MNIST training set (README.md gives the sweep behind it).
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 0.5
 
 
