@@ -147,9 +147,7 @@ def _identity_rtol(teacher, student, alpha, beta, temperature):
     return max(1e-6, 4 * np.finfo(np.float32).eps * largest_node)
 
 
-@pytest.mark.parametrize("alpha,beta", ALPHA_BETA_GRID)
-@pytest.mark.parametrize("temperature", [1.0, 2.5])
-def test_chunked_matches_unchunked(alpha, beta, temperature):
+def _assert_chunked_matches_unchunked(alpha, beta, temperature, chunk_sizes):
     teacher, student = _logits(0), _logits(1)
     upstream = np.linspace(0.5, 2.0, 12).reshape(3, 4).astype("float32")
     value, grads = _value_and_gradients(
@@ -157,7 +155,7 @@ def test_chunked_matches_unchunked(alpha, beta, temperature):
     )
 
     rtol = _identity_rtol(teacher, student, alpha, beta, temperature)
-    for chunk_size in CHUNK_SIZES:
+    for chunk_size in chunk_sizes:
         chunked_value, chunked_grads = _value_and_gradients(
             _divergence(alpha, beta, temperature, chunk_size), teacher, student, upstream
         )
@@ -165,6 +163,20 @@ def test_chunked_matches_unchunked(alpha, beta, temperature):
         for chunked_grad, grad in zip(chunked_grads, grads):
             scale = np.abs(grad).max()
             np.testing.assert_allclose(chunked_grad, grad, rtol=rtol, atol=rtol * scale)
+
+
+# Each point of the grid with both temperatures. The chunk size 5 leaves a
+# remainder of 2 of the 12 positions, so the loop and the last partial chunk
+# both run.
+@pytest.mark.parametrize("alpha,beta", ALPHA_BETA_GRID)
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_chunked_matches_unchunked(alpha, beta, temperature):
+    _assert_chunked_matches_unchunked(alpha, beta, temperature, [5])
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.7), (-2.0, -1.0)])
+def test_every_chunk_size_matches_unchunked(alpha, beta):
+    _assert_chunked_matches_unchunked(alpha, beta, 2.0, CHUNK_SIZES)
 
 
 @pytest.mark.parametrize("alpha,beta", ALPHA_BETA_GRID)
@@ -305,3 +317,28 @@ def test_chunk_bounds_cover_positions_in_order():
     assert chunking.chunk_bounds(8, 4) == [(0, 4), (4, 8)]
     assert chunking.chunk_bounds(3, None) == [(0, 3)]
     assert chunking.chunk_bounds(3, 8) == [(0, 3)]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.jit only")
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.7), (2.0, -1.0)])
+def test_chunked_under_jit_matches_unchunked(alpha, beta):
+    # Under jax.jit the chunks run in ops.fori_loop rather than a Python loop.
+    import jax
+
+    teacher, student = _logits(16), _logits(17)
+    upstream = np.linspace(0.5, 2.0, 12).reshape(3, 4).astype("float32")
+
+    def weighted_sum(t, s, chunk_size):
+        value = alpha_beta_divergence(t, s, alpha, beta, chunk_size=chunk_size)
+        return ops.sum(upstream * value)
+
+    expected, expected_grads = jax.value_and_grad(weighted_sum, argnums=(0, 1))(
+        teacher, student, None
+    )
+    for chunk_size in (4, 5):
+        step = jax.jit(jax.value_and_grad(weighted_sum, argnums=(0, 1)), static_argnums=2)
+        actual, grads = step(teacher, student, chunk_size)
+        np.testing.assert_allclose(actual, expected, rtol=1e-6)
+        for grad, expected_grad in zip(grads, expected_grads):
+            scale = np.abs(expected_grad).max()
+            np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-6 * scale)

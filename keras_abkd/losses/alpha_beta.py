@@ -35,38 +35,37 @@ def _divergence_of_logits(
             # TensorFlow graph with an unknown batch size runs as one chunk.
             batch_shape = tuple(ops.shape(teacher)[:-1])
             positions = -1
-            bounds = [(None, None)]
         else:
             positions = math.prod(batch_shape)
-            bounds = chunking.chunk_bounds(positions, chunk_size)
         teacher = ops.reshape(teacher, (positions, classes))
         student = ops.reshape(student, (positions, classes))
 
-        values, teacher_grads, student_grads = [], [], []
-        for start, stop in bounds:
-            value, grad_teacher, grad_student = alpha_beta_chunk.chunk_value_and_gradients(
-                teacher[start:stop],
-                student[start:stop],
+        def chunk_fn(teacher_chunk, student_chunk):
+            return alpha_beta_chunk.chunk_value_and_gradients(
+                teacher_chunk,
+                student_chunk,
                 alpha,
                 beta,
                 temperature,
                 compute_dtype,
-                with_gradients=need_teacher or need_student,
+                teacher_gradient=need_teacher,
+                student_gradient=need_student,
                 layout=layout,
             )
-            values.append(value)
-            teacher_grads.append(grad_teacher)
-            student_grads.append(grad_student)
 
-        if len(values) > 1:
-            values = [ops.concatenate(values, axis=0)]
-        value = ops.reshape(values[0], batch_shape)
+        if positions == -1:
+            value, grad_teacher, grad_student = chunk_fn(teacher, student)
+        else:
+            value, grad_teacher, grad_student = chunking.map_chunks(
+                chunk_fn, teacher, student, chunk_size
+            )
+        value = ops.reshape(value, batch_shape)
         stored = {}
         if need_teacher:
-            stored["teacher"] = chunking.concatenate_rows(teacher_grads)
+            stored["teacher"] = grad_teacher
         if need_student:
-            stored["student"] = chunking.concatenate_rows(student_grads)
-        del teacher_grads, student_grads
+            stored["student"] = grad_student
+        del grad_teacher, grad_student
 
         def grad(*args, upstream=None):
             if upstream is None:

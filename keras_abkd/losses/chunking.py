@@ -1,10 +1,15 @@
-"""Chunk bounds and the few steps where backends differ in memory use.
+"""Loops over chunks of positions, and the steps where backends differ in memory.
 
-The divergence itself is written once in `keras.ops`. Only two steps have a
-backend-specific path, both for PyTorch, where tensors can be written in
-place: gathering per-chunk gradients into one tensor, and scaling the stored
-gradient by the upstream gradient. The `keras.ops` path is the reference and
-is what the other backends run.
+The divergence itself is written once in `keras.ops`, and `map_chunks` runs it
+chunk by chunk. The Python loop with `concatenate_rows` is the reference. Two
+backends get their own path:
+
+- JAX under `jax.jit`: XLA merges a Python loop over static slices back into
+  full-size operations, so the chunks no longer bound memory.
+  `ops.fori_loop` with `ops.slice` and `ops.slice_update` keeps one chunk
+  live, because XLA updates the loop's output buffers in place.
+- PyTorch: tensors can be written in place, so per-chunk gradients are copied
+  into one preallocated tensor and scaled by the upstream gradient in place.
 """
 
 import numbers
@@ -45,7 +50,7 @@ def chunk_bounds(positions, chunk_size):
 def gradients_needed(tensor):
     """Whether a gradient with respect to `tensor` may be requested.
 
-    Only PyTorch records this on the tensor. Elsewhere the answer is True, and
+    Only PyTorch records this on the tensor. Elsewhere this returns True, and
     under `jax.jit` XLA removes the gradient computation if nothing uses it.
     """
     if keras.backend.backend() == "torch":
@@ -59,8 +64,8 @@ def concatenate_rows(chunks):
     """Stack `[rows, classes]` chunks along the first axis.
 
     PyTorch writes each chunk into one preallocated tensor, so the peak is the
-    result plus one chunk. `ops.concatenate` holds the chunks and the result
-    at once on eager backends.
+    result plus one chunk. `ops.concatenate` keeps the chunks and the result
+    alive at once on eager backends.
     """
     if len(chunks) == 1:
         return chunks[0]
@@ -92,3 +97,102 @@ def scale_rows(gradient, upstream):
     if keras.backend.backend() == "torch":
         return gradient.mul_(upstream)
     return gradient * upstream
+
+
+def map_chunks(chunk_fn, teacher, student, chunk_size):
+    """Apply `chunk_fn` to row chunks of two `[positions, classes]` tensors.
+
+    Args:
+        chunk_fn: Function of a teacher chunk and a student chunk returning
+            `(value, grad_teacher, grad_student)`, with `value` of shape
+            `[rows]` and each gradient `[rows, classes]` or None.
+        teacher: Tensor `[positions, classes]` with a static first dimension.
+        student: Tensor of the same shape.
+        chunk_size: Positive int or None.
+
+    Returns:
+        `(value, grad_teacher, grad_student)` for all positions, in order.
+    """
+    positions = teacher.shape[0]
+    bounds = chunk_bounds(positions, chunk_size)
+    if len(bounds) > 1 and _is_traced_by_jax(teacher):
+        return _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size)
+
+    results = [chunk_fn(teacher[start:stop], student[start:stop]) for start, stop in bounds]
+    columns = []
+    for index in range(3):
+        parts = [result[index] for result in results]
+        columns.append(None if parts[0] is None else parts)
+    del results
+    return tuple(None if parts is None else concatenate_rows(parts) for parts in columns)
+
+
+def _is_traced_by_jax(tensor):
+    """Whether `tensor` is a JAX tracer, as under `jax.jit`.
+
+    Eager JAX runs each operation on its own, so the Python loop already
+    bounds memory there and avoids compiling a loop on every call.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(tensor, jax.core.Tracer)
+
+
+def _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size):
+    """`map_chunks` with `ops.fori_loop`, writing each chunk into its output."""
+    positions = teacher.shape[0]
+    full_chunks = positions // chunk_size
+    classes = teacher.shape[1]
+
+    # The first chunk runs outside the loop to fix the output dtypes.
+    first = chunk_fn(teacher[:chunk_size], student[:chunk_size])
+    outputs = []
+    for index, part in enumerate(first):
+        if part is None:
+            outputs.append(None)
+            continue
+        shape = (positions,) if index == 0 else (positions, classes)
+        starts = [0] if index == 0 else [0, 0]
+        outputs.append(ops.slice_update(ops.zeros(shape, dtype=part.dtype), starts, part))
+
+    def write(outputs, results, start):
+        updated = []
+        for index, (output, part) in enumerate(zip(outputs, results)):
+            if output is None:
+                updated.append(None)
+                continue
+            starts = [start] if index == 0 else [start, 0]
+            updated.append(ops.slice_update(output, starts, part))
+        return updated
+
+    def body(chunk, outputs):
+        start = chunk * chunk_size
+        results = chunk_fn(
+            ops.slice(teacher, [start, 0], [chunk_size, classes]),
+            ops.slice(student, [start, 0], [chunk_size, classes]),
+        )
+        return tuple(write(outputs, results, start))
+
+    # fori_loop carries must be tensors, so absent gradients travel as
+    # empty placeholders.
+    placeholder = ops.zeros((0,))
+    carried = tuple(placeholder if output is None else output for output in outputs)
+    present = [output is not None for output in outputs]
+
+    def carried_body(chunk, carry):
+        current = [value if keep else None for value, keep in zip(carry, present)]
+        updated = body(chunk, current)
+        return tuple(
+            value if keep else placeholder for value, keep in zip(updated, present)
+        )
+
+    carried = ops.fori_loop(1, full_chunks, carried_body, carried)
+    outputs = [value if keep else None for value, keep in zip(carried, present)]
+
+    remainder_start = full_chunks * chunk_size
+    if remainder_start < positions:
+        results = chunk_fn(teacher[remainder_start:], student[remainder_start:])
+        outputs = write(outputs, results, remainder_start)
+    return tuple(outputs)
