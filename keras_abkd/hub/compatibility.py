@@ -1,8 +1,8 @@
 """Checks that a KerasHub teacher and student can be distilled together.
 
 Every check runs before training, on the loaded tasks, so a mismatched pair
-fails with an error that names both models instead of a shape error (or,
-worse, silent garbage) in the middle of `fit`.
+fails with an error that names both models, not with a shape error or wrong
+results in the middle of `fit`.
 """
 
 import keras_hub
