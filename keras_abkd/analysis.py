@@ -32,13 +32,13 @@ student overestimates, as on the teacher's tail for a student flatter than
 its teacher, the hardness concentration therefore rises as `alpha` falls.
 
 NOTE: where the class of largest error is one the student underestimates
-(`p_i >> q_i`), lowering `alpha` can lower the hardness concentration; the
-direction is guaranteed only for `beta` and the confidence concentration.
+(`p_i >> q_i`), lowering `alpha` can lower the hardness concentration. Only
+the direction of `beta` on the confidence concentration is guaranteed.
 
 References:
     Wang et al., "ABKD: Pursuing a Proper Allocation of the Probability Mass
     in Knowledge Distillation via alpha-beta-Divergence", ICML 2025,
-    arXiv:2505.04560. It names the two effects; the two measures here are
+    arXiv:2505.04560. It names the two effects. The two measures here are
     this module's own definitions.
 """
 

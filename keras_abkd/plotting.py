@@ -155,8 +155,8 @@ def plot_gradient_overview(
     student_logits,
     settings=DEFAULT_SETTINGS,
     temperature=1.0,
-    alphas=np.linspace(-0.5, 1.5, 21),
-    betas=np.linspace(-0.5, 1.5, 21),
+    alphas=None,
+    betas=None,
 ):
     """Draw the class updates and both concentration heatmaps in one figure.
 
@@ -165,13 +165,19 @@ def plot_gradient_overview(
         student_logits: 1-D sequence of student logits, same length.
         settings: Sequence of `(label, alpha, beta)` for the update panel.
         temperature: Positive float dividing both logits. Defaults to 1.0.
-        alphas: Grid of alpha values for the heatmaps.
-        betas: Grid of beta values for the heatmaps.
+        alphas: Grid of alpha values for the heatmaps. Defaults to 21
+            points from -0.5 to 1.5.
+        betas: Grid of beta values for the heatmaps. Defaults to 21 points
+            from -0.5 to 1.5.
 
     Returns:
         The matplotlib `Figure`.
     """
     pyplot = _pyplot()
+    if alphas is None:
+        alphas = np.linspace(-0.5, 1.5, 21)
+    if betas is None:
+        betas = np.linspace(-0.5, 1.5, 21)
     figure = pyplot.figure(figsize=(13, 8), layout="constrained")
     grid = figure.add_gridspec(2, 2, width_ratios=(1.5, 1))
     distribution_ax = figure.add_subplot(grid[0, 0])

@@ -14,7 +14,7 @@ def _check_mu(mu):
         "mu",
         mu,
         allow_zero=False,
-        hint="mu is the teacher probability mass of the head; AKL uses mu=0.5.",
+        hint="mu is the teacher probability mass of the head, and AKL uses mu=0.5.",
     )
 
 
@@ -22,9 +22,9 @@ def head_tail_gaps(log_p, log_q, mu):
     """Compute the head and tail gaps `g_head` and `g_tail` along the last axis.
 
     The head is the smallest set of classes, taken in descending order of the
-    teacher probability, whose teacher mass reaches `mu`: the classes whose
-    preceding mass is below `mu`. `g_head` sums `|p - q|` over the head and
-    `g_tail` over the other classes.
+    teacher probability, whose teacher mass reaches `mu`. These are the
+    classes whose preceding mass is below `mu`. `g_head` sums `|p - q|` over
+    the head and `g_tail` over the other classes.
 
     NOTE: classes of equal teacher probability at the head boundary are
     ordered by `argsort`, whose order among ties may differ between backends.

@@ -14,9 +14,9 @@ def _check_jsd_beta(beta):
         "beta",
         beta,
         allow_zero=False,
-        hint="The divergence is identically 0 at beta=0 and beta=1; use "
-        "ForwardKL or ReverseKL for those limits, or beta=0.5 for the "
-        "Jensen-Shannon divergence.",
+        hint="The divergence is identically 0 at beta=0 and beta=1. Pass a "
+        "beta in between, such as 0.5 for the Jensen-Shannon divergence, or "
+        "use ForwardKL or ReverseKL.",
     )
 
 

@@ -137,7 +137,7 @@ def _check_skew(skew):
         skew,
         allow_zero=True,
         hint="skew=0 is the plain KL divergence and skew=1 makes the loss "
-        "identically 0; DistiLLM uses skew=0.1.",
+        "identically 0. DistiLLM uses skew=0.1.",
     )
 
 
