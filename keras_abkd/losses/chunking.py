@@ -140,59 +140,82 @@ def _is_traced_by_jax(tensor):
     return isinstance(tensor, jax.core.Tracer)
 
 
+def _to_bits(tensor):
+    """View a 16-bit float tensor as uint16, and leave other tensors alone.
+
+    XLA on CPU slices and updates 16-bit floats by converting the whole
+    tensor to float32 first, which it then hoists out of the loop. Slicing
+    and updating the bits as uint16 keeps each tensor at its own size.
+    """
+    import jax
+
+    if tensor.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(tensor, "uint16")
+    return tensor
+
+
+def _from_bits(tensor, dtype):
+    import jax
+
+    if tensor.dtype != dtype:
+        return jax.lax.bitcast_convert_type(tensor, dtype)
+    return tensor
+
+
 def _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size):
     """`map_chunks` with `ops.fori_loop`, writing each chunk into its output."""
     positions = teacher.shape[0]
-    full_chunks = positions // chunk_size
     classes = teacher.shape[1]
+    full_chunks = positions // chunk_size
+    teacher_bits, student_bits = _to_bits(teacher), _to_bits(student)
 
-    # The first chunk runs outside the loop to fix the output dtypes.
-    first = chunk_fn(teacher[:chunk_size], student[:chunk_size])
-    outputs = []
-    for index, part in enumerate(first):
-        if part is None:
-            outputs.append(None)
-            continue
-        shape = (positions,) if index == 0 else (positions, classes)
-        starts = [0] if index == 0 else [0, 0]
-        outputs.append(ops.slice_update(ops.zeros(shape, dtype=part.dtype), starts, part))
+    def read(bits, start, dtype):
+        return _from_bits(ops.slice(bits, [start, 0], [chunk_size, classes]), dtype)
 
     def write(outputs, results, start):
         updated = []
-        for index, (output, part) in enumerate(zip(outputs, results)):
-            if output is None:
-                updated.append(None)
+        for output, part in zip(outputs, results):
+            if part is None:
+                updated.append(output)
                 continue
-            starts = [start] if index == 0 else [start, 0]
-            updated.append(ops.slice_update(output, starts, part))
+            starts = [start] + [0] * (len(part.shape) - 1)
+            updated.append(ops.slice_update(output, starts, _to_bits(part)))
         return updated
+
+    # The first chunk runs outside the loop to fix the output dtypes. fori_loop
+    # carries must be tensors, so absent gradients travel as empty arrays.
+    first = chunk_fn(
+        _from_bits(teacher_bits[:chunk_size], teacher.dtype),
+        _from_bits(student_bits[:chunk_size], student.dtype),
+    )
+    dtypes = [None if part is None else part.dtype for part in first]
+    outputs = []
+    for part in first:
+        if part is None:
+            outputs.append(ops.zeros((0,)))
+            continue
+        shape = (positions,) + tuple(part.shape[1:])
+        outputs.append(ops.zeros(shape, dtype=_to_bits(part).dtype))
+    outputs = write(outputs, first, 0)
 
     def body(chunk, outputs):
         start = chunk * chunk_size
         results = chunk_fn(
-            ops.slice(teacher, [start, 0], [chunk_size, classes]),
-            ops.slice(student, [start, 0], [chunk_size, classes]),
+            read(teacher_bits, start, teacher.dtype),
+            read(student_bits, start, student.dtype),
         )
         return tuple(write(outputs, results, start))
 
-    # fori_loop carries must be tensors, so absent gradients travel as
-    # empty placeholders.
-    placeholder = ops.zeros((0,))
-    carried = tuple(placeholder if output is None else output for output in outputs)
-    present = [output is not None for output in outputs]
-
-    def carried_body(chunk, carry):
-        current = [value if keep else None for value, keep in zip(carry, present)]
-        updated = body(chunk, current)
-        return tuple(
-            value if keep else placeholder for value, keep in zip(updated, present)
-        )
-
-    carried = ops.fori_loop(1, full_chunks, carried_body, carried)
-    outputs = [value if keep else None for value, keep in zip(carried, present)]
+    outputs = list(ops.fori_loop(1, full_chunks, body, tuple(outputs)))
 
     remainder_start = full_chunks * chunk_size
     if remainder_start < positions:
-        results = chunk_fn(teacher[remainder_start:], student[remainder_start:])
+        results = chunk_fn(
+            _from_bits(teacher_bits[remainder_start:], teacher.dtype),
+            _from_bits(student_bits[remainder_start:], student.dtype),
+        )
         outputs = write(outputs, results, remainder_start)
-    return tuple(outputs)
+    return tuple(
+        None if dtype is None else _from_bits(output, dtype)
+        for output, dtype in zip(outputs, dtypes)
+    )
