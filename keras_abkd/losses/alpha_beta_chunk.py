@@ -200,6 +200,14 @@ def divergence_terms(log_p, log_q, alpha, beta, layout=None):
         scaled_second = ops.where(ops.less(spread_all, threshold), series, closed)
     second = exp_top * scaled_second
     terms = ops.square(d) * second
+    if min(alpha, beta) < 0.0:
+        # A negative coefficient can push exp(top) to +inf, and where p = q
+        # (d = 0) the products above are then 0 * inf = NaN. The term and its
+        # derivatives are exactly 0 there.
+        equal = ops.equal(d, 0.0)
+        terms = ops.where(equal, zeros, terms)
+        grad_log_p = ops.where(equal, zeros, grad_log_p)
+        grad_log_q = ops.where(equal, zeros, grad_log_q)
 
     terms, grad_log_p, grad_log_q = _apply_zero_limits(
         terms, grad_log_p, grad_log_q, exp_top, teacher_zero, student_zero,
