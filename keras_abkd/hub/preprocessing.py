@@ -32,7 +32,7 @@ def _as_string_list(values, name):
     return strings
 
 
-def _token_id_list(value, name):
+def _token_id_list(value):
     """Normalise a special token id (None, an int or a list) to a list."""
     if value is None:
         return []
@@ -107,10 +107,10 @@ def pack_causal_lm_batch(preprocessor, x, sample_weight=None):
 
     start = []
     if preprocessor.add_start_token:
-        start = _token_id_list(tokenizer.start_token_id, "start_token_id")
+        start = _token_id_list(tokenizer.start_token_id)
     end = []
     if preprocessor.add_end_token:
-        end = _token_id_list(tokenizer.end_token_id, "end_token_id")
+        end = _token_id_list(tokenizer.end_token_id)
     pad_id = tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
 
