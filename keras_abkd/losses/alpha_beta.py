@@ -37,8 +37,10 @@ def _divergence_of_logits(
             positions = -1
         else:
             positions = math.prod(batch_shape)
-        teacher = ops.reshape(teacher, (positions, classes))
-        student = ops.reshape(student, (positions, classes))
+        # A TensorFlow tape that watches the inputs would otherwise record
+        # every operation below and keep its inputs until the tape is freed.
+        teacher = ops.reshape(ops.stop_gradient(teacher), (positions, classes))
+        student = ops.reshape(ops.stop_gradient(student), (positions, classes))
 
         def chunk_fn(teacher_chunk, student_chunk):
             return alpha_beta_chunk.chunk_value_and_gradients(
