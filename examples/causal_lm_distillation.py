@@ -123,7 +123,7 @@ def train_vocabulary(text, vocabulary_size, directory):
 
     # The end token goes last, as in GPT-2. KerasHub's GPT-2 tokenizer pads
     # with id 0, and its generation loop stops at once when the padding
-    # holds the end token id (keras-hub 0.32), so the two ids must differ.
+    # contains the end token id (keras-hub 0.32), so the two ids must differ.
     vocabulary_path = os.path.join(directory, "vocab.json")
     with open(vocabulary_path, encoding="utf-8") as file:
         vocabulary = json.load(file)
