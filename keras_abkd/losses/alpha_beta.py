@@ -214,11 +214,13 @@ def alpha_beta_divergence(
             `from_logits=False` are normalised along `axis`. Defaults to True.
         axis: The class axis. Defaults to -1.
         chunk_size: Optional positive int. The positions (all axes but
-            `axis`, flattened) are processed this many at a time in the
-            forward and the backward pass, so memory beyond the inputs and
-            their gradient is about one chunk of `[chunk_size, classes]`
-            float32 arrays. The result does not depend on it. None (the
-            default) processes all positions at once.
+            `axis`, flattened) are processed this many at a time, so the
+            temporaries beyond the inputs and their gradient grow with
+            `chunk_size` rather than with the number of positions: about
+            ten `[chunk_size, classes]` float32 arrays under `jax.jit`, and
+            more when operations run one by one. The result does not depend
+            on it, up to float32 rounding. None (the default) processes all
+            positions at once.
 
     Returns:
         Tensor with the input shape without `axis`, in float32 (float64 for

@@ -52,6 +52,10 @@ def gradients_needed(tensor):
 
     Only PyTorch records this on the tensor. Elsewhere this returns True, and
     under `jax.jit` XLA removes the gradient computation if nothing uses it.
+
+    NOTE: with bfloat16 inputs, XLA (JAX 0.10.2, CPU) keeps the unused
+    teacher gradient of the chunk loop, one full-size 16-bit buffer, per
+    `memory_analysis()` of the compiled training step.
     """
     if keras.backend.backend() == "torch":
         import torch
