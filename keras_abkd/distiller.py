@@ -140,6 +140,13 @@ class Distiller(keras.Model):
     gradient and is never in `trainable_weights`. Calling the distiller calls
     the student, so `predict` returns student logits.
 
+    Keras masks (for example from `Embedding(mask_zero=True)`) are not read:
+    pass the padding mask as `sample_weight`. The supervised loss keeps the
+    reduction of the loss given to `compile`: Keras' default divides the
+    weighted sum by the number of positions, not by the sum of the weights.
+    `fit` and `evaluate` reject array weights that are negative or not
+    finite.
+
     Inputs are passed unchanged to both models, so dict inputs work when
     teacher and student take the same keys. Teacher logits are cast to
     float32, so a bfloat16 teacher can teach a float32 student.
