@@ -20,10 +20,19 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+def _version():
+    from keras_abkd import __version__
+
+    return __version__
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-abkd",
         description="Knowledge distillation for Keras 3 with the alpha-beta divergence.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}"
     )
     parser.add_argument(
         "--log-level",
