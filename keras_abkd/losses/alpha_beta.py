@@ -68,6 +68,7 @@ def _divergence_of_logits(
         if need_student:
             stored["student"] = grad_student
         del grad_teacher, grad_student
+        consumed = set()
 
         def grad(*args, upstream=None):
             if upstream is None:
@@ -75,9 +76,18 @@ def _divergence_of_logits(
             upstream = ops.reshape(upstream, (-1,))
             results = []
             for name, logits in (("teacher", teacher), ("student", student)):
+                if name in consumed:
+                    raise RuntimeError(
+                        "The alpha-beta divergence's gradient was requested "
+                        "twice for one forward pass, but PyTorch scales the "
+                        "stored gradient in place. Compute the loss again "
+                        "before each backward pass."
+                    )
                 if name in stored:
-                    # Taken out of `stored` because PyTorch scales it in place.
-                    gradient = chunking.scale_rows(stored.pop(name), upstream)
+                    gradient = chunking.scale_rows(stored[name], upstream)
+                    if chunking.scales_in_place():
+                        del stored[name]
+                        consumed.add(name)
                 else:
                     gradient = ops.zeros_like(logits)
                 results.append(ops.reshape(gradient, batch_shape + (classes,)))

@@ -48,7 +48,7 @@ def chunk_bounds(positions, chunk_size):
 
 
 def gradients_needed(tensor):
-    """Whether a gradient with respect to `tensor` may be requested.
+    """Return whether a gradient with respect to `tensor` may be requested.
 
     Only PyTorch records this on the tensor. Elsewhere this returns True, and
     under `jax.jit` XLA removes the gradient computation if nothing uses it.
@@ -91,11 +91,15 @@ def concatenate_rows(chunks):
     return ops.concatenate(chunks, axis=0)
 
 
+def scales_in_place():
+    """Return whether `scale_rows` overwrites its `gradient` argument."""
+    return keras.backend.backend() == "torch"
+
+
 def scale_rows(gradient, upstream):
     """Multiply `[rows, classes]` by a per-row `upstream` gradient.
 
-    PyTorch scales `gradient` in place, which is safe because the caller owns
-    it and drops it afterwards.
+    PyTorch scales `gradient` in place, so the caller must not use it again.
     """
     upstream = ops.expand_dims(ops.cast(upstream, gradient.dtype), axis=-1)
     if keras.backend.backend() == "torch":
