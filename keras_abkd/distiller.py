@@ -239,6 +239,7 @@ class Distiller(keras.Model):
         # Whether the compiled train and test functions receive the sample
         # weights in the label slot, see `_route_sample_weight`.
         self._weights_as_labels = {"train_function": False, "test_function": False}
+        self._labels_are_weights = False
 
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -342,7 +343,9 @@ class Distiller(keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         function_name = "train_function" if training else "test_function"
-        if self._weights_as_labels[function_name]:
+        # Read by `compute_metrics`, which runs next in the same traced step.
+        self._labels_are_weights = self._weights_as_labels[function_name]
+        if self._labels_are_weights:
             y, sample_weight = None, y
         if y_pred is None:
             y_pred = self(x, training=training)
@@ -376,6 +379,26 @@ class Distiller(keras.Model):
         )
         self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
         return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if getattr(self, "_labels_are_weights", False):
+            y, sample_weight = None, y
+        if y is not None:
+            return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        # Without labels the metrics given to `compile` cannot be updated, so
+        # they are left out of the logs rather than reported as 0.
+        compiled_metrics = getattr(self, "_compile_metrics", None)
+        results = {}
+        for metric in self.metrics:
+            if metric is compiled_metrics:
+                continue
+            value = metric.result()
+            if isinstance(value, dict):
+                results.update(value)
+            else:
+                results[metric.name] = value
+        return results
 
     def get_config(self):
         config = super().get_config()

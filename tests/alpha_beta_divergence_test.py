@@ -397,3 +397,15 @@ def test_offline_distillation_with_compile_and_save(tmp_path):
     assert isinstance(restored.loss, ABDivergence)
     assert restored.loss.temperature == 2.0
     np.testing.assert_allclose(restored.evaluate(x, teacher_logits, verbose=0), after, rtol=1e-5)
+
+
+def test_teacher_zero_probability_uses_limit():
+    # KL(p || q) with p = (1, 0), q = (1/2, 1/2) is log 2; reverse KL is +inf.
+    p = np.array([[1.0, 0.0]], dtype="float32")
+    q = np.array([[0.5, 0.5]], dtype="float32")
+
+    forward = alpha_beta_divergence(p, q, 1.0, 0.0, from_logits=False)
+    reverse = alpha_beta_divergence(p, q, 0.0, 1.0, from_logits=False)
+
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(forward), [math.log(2.0)], rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reverse), [np.inf])

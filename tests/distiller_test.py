@@ -466,3 +466,22 @@ def test_student_loss_weight_without_loss_warns(caplog):
     with caplog.at_level("WARNING", logger="keras_abkd.distiller"):
         distiller.compile(optimizer="sgd")
     assert "compile() got no loss" in caplog.text
+
+
+def test_fit_without_labels_skips_compiled_metrics():
+    distiller = Distiller(_mlp(16, name="teacher"), _mlp(4, name="student"))
+    distiller.compile(
+        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    x, y = _data(32)
+    mask = np.ones(32, dtype="float32")
+
+    labelled = distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    unlabelled = distiller.fit(x, epochs=1, batch_size=16, verbose=0)
+    masked = distiller.evaluate(x, sample_weight=mask, verbose=0, return_dict=True)
+
+    assert "accuracy" in labelled.history
+    assert "accuracy" not in unlabelled.history
+    assert np.isfinite(unlabelled.history["loss"][0])
+    assert "accuracy" not in masked
+    assert masked["student_loss"] == 0.0
