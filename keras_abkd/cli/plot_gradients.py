@@ -8,6 +8,7 @@ an (alpha, beta) grid. Needs matplotlib (`pip install "keras-abkd[plot]"`).
 
 import argparse
 import logging
+import os
 import sys
 
 logger = logging.getLogger(__name__)
@@ -71,15 +72,28 @@ def run(args):
         print(f"--grid-points must be at least 2, got {args.grid_points}.", file=sys.stderr)
         return 2
 
+    output_folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_folder):
+        print(
+            f"The folder of --output does not exist: {output_folder}. Create it "
+            "first or choose another path.",
+            file=sys.stderr,
+        )
+        return 2
+
     settings = args.settings or plotting.DEFAULT_SETTINGS
-    figure = plotting.plot_gradient_overview(
-        args.teacher_logits,
-        args.student_logits,
-        settings=settings,
-        temperature=args.temperature,
-        alphas=np.linspace(*args.alpha_range, args.grid_points),
-        betas=np.linspace(*args.beta_range, args.grid_points),
-    )
+    try:
+        figure = plotting.plot_gradient_overview(
+            args.teacher_logits,
+            args.student_logits,
+            settings=settings,
+            temperature=args.temperature,
+            alphas=np.linspace(*args.alpha_range, args.grid_points),
+            betas=np.linspace(*args.beta_range, args.grid_points),
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     figure.savefig(args.output, dpi=args.dpi)
     logger.info("Wrote %s", args.output)
     print(f"Wrote {args.output}")
