@@ -6,7 +6,9 @@ import keras
 from keras import ops
 
 from keras_abkd.losses import alpha_beta_chunk
+from keras_abkd.losses.base import DivergenceLoss
 from keras_abkd.losses import chunking
+from keras_abkd.losses import inputs
 from keras_abkd.losses import validation
 
 
@@ -125,41 +127,6 @@ def alpha_beta_divergence_from_scaled_logits(
     )
 
 
-def _log_probabilities_as_logits(probabilities):
-    """Take the log of probabilities, mapping 0 to -inf with a zero gradient."""
-    positive = ops.greater(probabilities, 0.0)
-    safe = ops.where(positive, probabilities, ops.ones_like(probabilities))
-    neg_inf = ops.full_like(probabilities, -math.inf)
-    return ops.where(positive, ops.log(safe), neg_inf)
-
-
-def prepare_logits(y_true, y_pred, temperature, from_logits, axis):
-    """Cast, move `axis` last and divide by the temperature.
-
-    Shared by every divergence in this package: the result is a pair of
-    float32 (or float64) tensors `[..., classes]` whose softmax is the
-    tempered teacher and student distribution.
-    """
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    validation.check_matching_shapes(y_true, y_pred, axis)
-
-    dtype = validation.compute_dtype(y_true, y_pred)
-    y_true = ops.cast(y_true, dtype)
-    y_pred = ops.cast(y_pred, dtype)
-    if axis not in (-1, len(y_pred.shape) - 1):
-        y_true = ops.moveaxis(y_true, axis, -1)
-        y_pred = ops.moveaxis(y_pred, axis, -1)
-
-    if not from_logits:
-        y_true = _log_probabilities_as_logits(y_true)
-        y_pred = _log_probabilities_as_logits(y_pred)
-    if temperature != 1.0:
-        y_true = y_true / temperature
-        y_pred = y_pred / temperature
-    return y_true, y_pred
-
-
 @keras.saving.register_keras_serializable(package="keras_abkd")
 def alpha_beta_divergence(
     y_true,
@@ -248,45 +215,25 @@ def alpha_beta_divergence(
     temperature = validation.check_temperature(temperature)
     chunk_size = chunking.check_chunk_size(chunk_size)
     if not from_logits:
-        y_true, y_pred = prepare_logits(y_true, y_pred, temperature, from_logits, axis)
+        y_true, y_pred = inputs.prepare_logits(y_true, y_pred, temperature, from_logits, axis)
         return alpha_beta_divergence_from_scaled_logits(
             y_true, y_pred, alpha, beta, chunk_size=chunk_size
         )
 
     # Logits keep their dtype here: each chunk is cast and divided by the
     # temperature on its own, so no full-size float32 copy is made.
-    y_true, y_pred = _logits_with_class_axis_last(y_true, y_pred, axis)
+    y_true, y_pred = inputs.logits_with_class_axis_last(y_true, y_pred, axis)
     compute_dtype = validation.compute_dtype(y_true, y_pred)
     return _divergence_of_logits(
         y_true, y_pred, alpha, beta, temperature, compute_dtype, chunk_size
     )
 
 
-def _logits_with_class_axis_last(y_true, y_pred, axis):
-    """Convert to float tensors with the class axis last, without casting floats."""
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    validation.check_matching_shapes(y_true, y_pred, axis)
-
-    compute_dtype = validation.compute_dtype(y_true, y_pred)
-    if not _is_float(y_true) or not _is_float(y_pred):
-        y_true = ops.cast(y_true, compute_dtype)
-        y_pred = ops.cast(y_pred, compute_dtype)
-    if axis not in (-1, len(y_pred.shape) - 1):
-        y_true = ops.moveaxis(y_true, axis, -1)
-        y_pred = ops.moveaxis(y_pred, axis, -1)
-    return y_true, y_pred
-
-
-def _is_float(tensor):
-    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(tensor.dtype))
-
-
 @keras.saving.register_keras_serializable(package="keras_abkd")
-class ABDivergence(keras.losses.Loss):
+class ABDivergence(DivergenceLoss):
     """Alpha-beta divergence between teacher and student outputs.
 
-    `y_true` holds the teacher's logits and `y_pred` the student's, so the
+    `y_true` contains the teacher's logits and `y_pred` the student's, so the
     loss works in `model.compile(loss=...)` for offline distillation from
     stored teacher logits, and as the `distillation_loss` of
     `keras_abkd.Distiller`. See `keras_abkd.losses.alpha_beta_divergence`
@@ -317,6 +264,9 @@ class ABDivergence(keras.losses.Loss):
     ```
     """
 
+    fn = alpha_beta_divergence
+    _divergence_arguments = ("alpha", "beta", "chunk_size")
+
     def __init__(
         self,
         alpha,
@@ -329,35 +279,6 @@ class ABDivergence(keras.losses.Loss):
         name="ab_divergence",
         dtype=None,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        super().__init__(temperature, from_logits, axis, reduction, name, dtype)
         self.alpha, self.beta = validation.check_alpha_beta(alpha, beta)
-        self.temperature = validation.check_temperature(temperature)
-        self.from_logits = bool(from_logits)
-        self.axis = int(axis)
         self.chunk_size = chunking.check_chunk_size(chunk_size)
-
-    def call(self, y_true, y_pred):
-        return alpha_beta_divergence(
-            y_true,
-            y_pred,
-            alpha=self.alpha,
-            beta=self.beta,
-            temperature=self.temperature,
-            from_logits=self.from_logits,
-            axis=self.axis,
-            chunk_size=self.chunk_size,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "alpha": self.alpha,
-                "beta": self.beta,
-                "temperature": self.temperature,
-                "from_logits": self.from_logits,
-                "axis": self.axis,
-                "chunk_size": self.chunk_size,
-            }
-        )
-        return config

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_abkd.losses import validation
-from keras_abkd.losses.alpha_beta import prepare_logits
+from keras_abkd.losses.inputs import prepare_logits
 
 
 class DivergenceLoss(keras.losses.Loss):

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from keras_abkd.losses.alpha_beta import alpha_beta_divergence_from_scaled_logits
-from keras_abkd.losses.alpha_beta import prepare_logits
+from keras_abkd.losses.inputs import prepare_logits
 from keras_abkd.losses.base import DivergenceLoss
 from keras_abkd.losses.base import check_fraction
 from keras_abkd.losses.base import normalised_log_probabilities
