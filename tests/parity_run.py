@@ -2,7 +2,7 @@
 
 Run as `KERAS_BACKEND=... python -m tests.parity_run OUTPUT.npz`. The models
 start from weights drawn with numpy, so every backend starts from the same
-point; the script saves the per-batch losses and the final student weights.
+point. The script saves the per-batch losses and the final student weights.
 """
 
 import sys

@@ -16,7 +16,7 @@ FASHION_MNIST_FILES = {
     "y_test": "t10k-labels-idx1-ubyte.gz",
 }
 
-# Where Debian's `dataset-fashion-mnist` package puts the files.
+# Folder of the files installed by Debian's `dataset-fashion-mnist` package.
 DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_MNIST_CLASSES = [
