@@ -161,5 +161,7 @@ def test_text_classifier_fit(tmp_path):
 def test_text_classifier_vocabulary_mismatch_raises():
     other = BERT_VOCABULARY[:5] + ["a", "cat", "dog", "sat", "ran"]
 
-    with pytest.raises(ValueError, match="different tokenizers"):
+    with pytest.raises(ValueError, match="different tokenizers") as error:
         abkd_hub.HubDistiller(bert_classifier(), bert_classifier(vocabulary=other))
+    assert "same truncation point" in str(error.value)
+    assert "Token-level" not in str(error.value)

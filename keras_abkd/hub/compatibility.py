@@ -100,12 +100,34 @@ def _first_difference(teacher_vocabulary, student_vocabulary):
     return "the vocabularies are equal"
 
 
-def check_same_tokenizer(teacher, student):
+# Why each task kind needs one tokenizer, quoted in the error messages.
+_TOKENIZER_REASONS = {
+    CAUSAL_LM: (
+        "Token-level distillation compares the two models token by token, "
+        "so pick a student from the same model family or one that shares "
+        "the teacher's tokenizer."
+    ),
+    TEXT_CLASSIFIER: (
+        "Both classifiers must read the same token ids, so that they see "
+        "the same text up to the same truncation point, so pick a student "
+        "from the same model family or one that shares the teacher's "
+        "tokenizer."
+    ),
+}
+
+
+def check_same_tokenizer(teacher, student, kind=CAUSAL_LM):
     """Raise unless teacher and student tokenize text into the same ids.
 
     Compares the token-to-id mappings (not only their sizes), the byte-pair
     merge rules where the tokenizers have them, and the start, end and pad
     token ids. Returns the student's tokenizer.
+
+    Args:
+        teacher: The teacher task.
+        student: The student task.
+        kind: The task kind, `"causal_lm"` or `"text_classifier"`, which
+            selects the reason given in the error message.
     """
     teacher_tokenizer = _tokenizer(teacher, "teacher")
     student_tokenizer = _tokenizer(student, "student")
@@ -118,9 +140,7 @@ def check_same_tokenizer(teacher, student):
             f"teacher's vocabulary has {len(teacher_vocabulary)} tokens, the "
             f"student's {len(student_vocabulary)}, and "
             f"{_first_difference(teacher_vocabulary, student_vocabulary)}. "
-            "Token-level distillation compares the two models token by "
-            "token, so pick a student from the same model family or one "
-            "that shares the teacher's tokenizer."
+            f"{_TOKENIZER_REASONS[kind]}"
         )
 
     teacher_merges = _merge_rules(teacher_tokenizer)

@@ -142,7 +142,7 @@ class HubDistiller(Distiller):
                 teacher, student, tokenizer, vocabulary
             )
         elif kind == compatibility.TEXT_CLASSIFIER:
-            compatibility.check_same_tokenizer(teacher, student)
+            compatibility.check_same_tokenizer(teacher, student, kind)
             compatibility.check_same_classes(teacher, student)
         else:
             compatibility.check_same_classes(teacher, student)
