@@ -84,6 +84,18 @@ def _resolve_student_loss(loss):
     return keras.losses.get(loss)
 
 
+def _serialize_uncompiled(model):
+    """Serialize a model without its own compile settings.
+
+    The distiller compiles itself; the nested models' compile settings are
+    never used. Dropping them also avoids a misleading Keras warning on load
+    for models whose `compile` is overridden, such as KerasHub tasks.
+    """
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
+
+
 def weighted_mean(values, sample_weight=None):
     """Average `values` over every position, weighted by `sample_weight`.
 
@@ -404,8 +416,8 @@ class Distiller(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "student": keras.saving.serialize_keras_object(self.student),
+                "teacher": _serialize_uncompiled(self.teacher),
+                "student": _serialize_uncompiled(self.student),
                 "distillation_loss": keras.saving.serialize_keras_object(
                     self.distillation_loss
                 ),
