@@ -11,6 +11,7 @@ from keras_abkd.losses import GeneralizedJSD
 from keras_abkd.losses import ReverseKL
 from keras_abkd.losses import SkewForwardKL
 from keras_abkd.losses import SkewReverseKL
+from keras_abkd.losses import TopKDivergence
 from keras_abkd.losses import TotalVariation
 
 __version__ = "0.1.0"

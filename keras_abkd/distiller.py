@@ -8,8 +8,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_abkd import replicas
 from keras_abkd.losses import registry
 from keras_abkd.losses.alpha_beta import ABDivergence
+
+# Keys of `y` for a distiller without a teacher model, see `split_targets`.
+TEACHER_TARGETS = "teacher_targets"
+LABELS = "labels"
 
 # Keras loss names that need `from_logits=True` when the student outputs
 # logits, which is what a distillation student does.
@@ -76,6 +81,42 @@ def _check_sample_weight(sample_weight):
         )
 
 
+def split_targets(y, sample_weight):
+    """Split `y` of a distiller without a teacher into targets and labels.
+
+    `y` is the teacher targets alone, or a dict with the key
+    `"teacher_targets"` and optionally `"labels"`. A dict `sample_weight`
+    (Keras builds one per target when `y` is a dict) contains a weight for each.
+
+    Returns:
+        `(teacher_targets, labels, distillation_weight, label_weight)`.
+    """
+    if isinstance(y, dict):
+        unknown = set(y) - {TEACHER_TARGETS, LABELS}
+        if unknown or TEACHER_TARGETS not in y:
+            raise ValueError(
+                "A distiller without a teacher model reads the teacher's "
+                f'outputs from y: pass y={{"{TEACHER_TARGETS}": ..., '
+                f'"{LABELS}": ...}} (labels optional), got keys {sorted(y)}.'
+            )
+        teacher_targets, labels = y[TEACHER_TARGETS], y.get(LABELS)
+    else:
+        teacher_targets, labels = y, None
+    if teacher_targets is None:
+        raise ValueError(
+            "A distiller without a teacher model needs the teacher's outputs "
+            "as y, for example the batches of keras_abkd.cache.CachedTargets."
+        )
+    if isinstance(sample_weight, dict):
+        return (
+            teacher_targets,
+            labels,
+            sample_weight.get(TEACHER_TARGETS),
+            sample_weight.get(LABELS),
+        )
+    return teacher_targets, labels, sample_weight, sample_weight
+
+
 def _resolve_student_loss(loss):
     if loss is None:
         return None
@@ -110,11 +151,19 @@ def weighted_mean(values, sample_weight=None):
         sample_weight: Optional non-negative tensor broadcastable to `values`
             after trailing axes are added.
 
+    Under a `tf.distribute` strategy with several replicas, the
+    denominator is summed over the replicas, so each replica returns its
+    share of the global mean and the shares add up to it.
+
     Returns:
         A scalar float tensor.
     """
-    if sample_weight is None:
+    replicas_in_sync = replicas.num_replicas_in_sync()
+    if sample_weight is None and replicas_in_sync == 1:
         return ops.mean(values)
+    if sample_weight is None:
+        count = ops.cast(ops.size(values), values.dtype)
+        return ops.sum(values) / replicas.sum_over_replicas(count)
 
     weight = ops.cast(sample_weight, values.dtype)
     while len(weight.shape) < len(values.shape):
@@ -125,7 +174,7 @@ def weighted_mean(values, sample_weight=None):
     # so they are removed before the product rather than multiplied by 0.
     valid = ops.greater(weight, 0.0)
     values = ops.where(valid, values, ops.zeros_like(values))
-    total_weight = ops.sum(weight)
+    total_weight = replicas.sum_over_replicas(ops.sum(weight))
     has_weight = ops.greater(total_weight, 0.0)
     safe_total = ops.where(has_weight, total_weight, ops.ones_like(total_weight))
     mean = ops.sum(weight * values) / safe_total
@@ -163,8 +212,17 @@ class Distiller(keras.Model):
     teacher and student take the same keys. Teacher logits are cast to
     float32, so a bfloat16 teacher can teach a float32 student.
 
+    With `teacher=None` the teacher's outputs come with the data instead of
+    from a model: `y` is the teacher targets, or
+    `{"teacher_targets": ..., "labels": ...}` to add labels, for example
+    the batches of `keras_abkd.cache.CachedTargets`, which stream a cache
+    written once by `keras_abkd.cache.cache_teacher`. The targets go to the
+    distillation loss as they are: dense teacher logits, or packed top-k
+    targets with a `keras_abkd.TopKDivergence` loss.
+
     Args:
-        teacher: A built `keras.Model` that returns logits.
+        teacher: A built `keras.Model` that returns logits, or None to read
+            the teacher's outputs from `y`.
         student: A built `keras.Model` that returns logits of the same shape.
         distillation_loss: A `keras.losses.Loss` (or a function) that takes
             teacher logits as `y_true` and student logits as `y_pred` and
@@ -208,14 +266,15 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        _check_model("teacher", teacher)
+        if teacher is not None:
+            _check_model("teacher", teacher)
         _check_model("student", student)
         if teacher is student:
             raise ValueError(
                 "teacher and student are the same object. Pass a separate "
                 "student model; the teacher is frozen during distillation."
             )
-        teacher_width = _output_width(teacher)
+        teacher_width = None if teacher is None else _output_width(teacher)
         student_width = _output_width(student)
         if (
             self.check_output_widths
@@ -232,7 +291,8 @@ class Distiller(keras.Model):
 
         self.teacher = teacher
         self.student = student
-        self.teacher.trainable = False
+        if teacher is not None:
+            self.teacher.trainable = False
 
         if distillation_loss is None:
             distillation_loss = ABDivergence(alpha=0.2, beta=0.7)
@@ -323,11 +383,16 @@ class Distiller(keras.Model):
 
     def teacher_logits(self, x):
         """Run the frozen teacher on `x` and return float32 logits."""
+        if self.teacher is None:
+            raise ValueError(
+                "This distiller has no teacher model, so its teacher targets "
+                "come with the data as y."
+            )
         logits = self.teacher(x, training=False)
         return ops.stop_gradient(ops.cast(logits, "float32"))
 
     def train_step(self, *args, **kwargs):
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() != "tensorflow" or self.teacher is None:
             return super().train_step(*args, **kwargs)
 
         # TensorFlow's GradientTape records every op run under it, the frozen
@@ -361,7 +426,12 @@ class Distiller(keras.Model):
             y, sample_weight = None, y
         if y_pred is None:
             y_pred = self(x, training=training)
-        if self._precomputed_teacher_logits is not None:
+        label_weight = sample_weight
+        if self.teacher is None:
+            teacher_logits, y, sample_weight, label_weight = split_targets(
+                y, sample_weight
+            )
+        elif self._precomputed_teacher_logits is not None:
             teacher_logits = self._precomputed_teacher_logits
         else:
             teacher_logits = self.teacher_logits(x)
@@ -374,27 +444,36 @@ class Distiller(keras.Model):
         student_loss = ops.zeros((), dtype="float32")
         if self._student_loss is not None and y is not None:
             student_loss = ops.cast(
-                self._student_loss(y, y_pred, sample_weight=sample_weight), "float32"
+                self._student_loss(y, y_pred, sample_weight=label_weight), "float32"
             )
             total = total + self.student_loss_weight * student_loss
 
         # The student's own losses: regularizers and `add_loss` terms. The
         # teacher is frozen, so none of its weight regularizers appear here.
+        # Every replica adds them in full, so each adds its share, as Keras
+        # does for `tf.distribute`.
+        replicas_in_sync = replicas.num_replicas_in_sync()
         for extra_loss in self.losses:
-            total = total + ops.cast(ops.sum(extra_loss), "float32")
+            total = total + ops.cast(ops.sum(extra_loss), "float32") / replicas_in_sync
 
         # Weighted by the batch size, like Keras' own `loss` metric, so that
-        # the epoch values do not depend on how the last batch is cut.
+        # the epoch values do not depend on how the last batch is cut. The
+        # loss terms are each replica's share, so the reported value is
+        # their sum.
         batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
         self.distillation_loss_tracker.update_state(
-            distillation_loss, sample_weight=batch_size
+            replicas.sum_over_replicas(distillation_loss), sample_weight=batch_size
         )
-        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
+        self.student_loss_tracker.update_state(
+            replicas.sum_over_replicas(student_loss), sample_weight=batch_size
+        )
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if getattr(self, "_labels_are_weights", False):
             y, sample_weight = None, y
+        if self.teacher is None:
+            _, y, _, sample_weight = split_targets(y, sample_weight)
         if y is not None:
             return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -416,7 +495,9 @@ class Distiller(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "teacher": _serialize_uncompiled(self.teacher),
+                "teacher": (
+                    None if self.teacher is None else _serialize_uncompiled(self.teacher)
+                ),
                 "student": _serialize_uncompiled(self.student),
                 "distillation_loss": keras.saving.serialize_keras_object(
                     self.distillation_loss
@@ -431,5 +512,6 @@ class Distiller(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         for key in ("teacher", "student", "distillation_loss"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if config[key] is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)

@@ -20,5 +20,7 @@ from keras_abkd.losses.kl import skew_forward_kl
 from keras_abkd.losses.kl import skew_reverse_kl
 from keras_abkd.losses.registry import get
 from keras_abkd.losses.registry import names
+from keras_abkd.losses.top_k import top_k_targets
+from keras_abkd.losses.top_k_divergence import TopKDivergence
 from keras_abkd.losses.total_variation import TotalVariation
 from keras_abkd.losses.total_variation import total_variation
