@@ -1,7 +1,7 @@
 # Set-up, demo and tests on a Debian machine (run as root for apt-get).
 PYTHON ?= python3
 BACKENDS ?= jax tensorflow torch
-EXTRAS ?= dev,jax,tensorflow,torch,hub,plot
+EXTRAS ?= dev,jax,tensorflow,torch,hub,plot,cache
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-data demo test
