@@ -146,14 +146,14 @@ def weighted_mean(values, sample_weight=None):
     mean over the valid positions of the whole batch. When the weights sum to
     zero the result is 0 and its gradient is zero and finite.
 
+    Under a `tf.distribute` strategy with several replicas, the denominator
+    is summed over the replicas, so each replica returns its share of the
+    global mean and the shares add up to it.
+
     Args:
         values: Float tensor, one value per position.
         sample_weight: Optional non-negative tensor broadcastable to `values`
             after trailing axes are added.
-
-    Under a `tf.distribute` strategy with several replicas, the
-    denominator is summed over the replicas, so each replica returns its
-    share of the global mean and the shares add up to it.
 
     Returns:
         A scalar float tensor.
@@ -454,7 +454,8 @@ class Distiller(keras.Model):
         # does for `tf.distribute`.
         replicas_in_sync = replicas.num_replicas_in_sync()
         for extra_loss in self.losses:
-            total = total + ops.cast(ops.sum(extra_loss), "float32") / replicas_in_sync
+            extra_loss = ops.cast(ops.sum(extra_loss), "float32")
+            total = total + extra_loss / replicas_in_sync
 
         # Weighted by the batch size, like Keras' own `loss` metric, so that
         # the epoch values do not depend on how the last batch is cut. The
