@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SUBCOMMAND_MODULES = [
     "keras_abkd.cli.demo",
     "keras_abkd.cli.plot_gradients",
+    "keras_abkd.cli.cache_teacher",
 ]
 
 
