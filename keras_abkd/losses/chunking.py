@@ -7,7 +7,10 @@ backends get their own path:
 - JAX under `jax.jit`: XLA merges a Python loop over static slices back into
   full-size operations, so the chunks no longer bound memory.
   `ops.fori_loop` with `ops.slice` and `ops.slice_update` keeps one chunk
-  live, because XLA updates the loop's output buffers in place.
+  live, because XLA updates the loop's output buffers in place. Under a
+  `keras.distribution` that splits the batch over devices, each step takes
+  `chunk_size` rows from every device's block of positions, so `chunk_size`
+  bounds the rows per device.
 - PyTorch: tensors can be written in place, so per-chunk gradients are copied
   into one preallocated tensor and scaled by the upstream gradient in place.
 """
@@ -126,13 +129,17 @@ def map_chunks(chunk_fn, teacher, student, chunk_size):
     if len(bounds) > 1 and _is_traced_by_jax(teacher):
         return _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size)
 
-    results = [chunk_fn(teacher[start:stop], student[start:stop]) for start, stop in bounds]
+    results = [
+        chunk_fn(teacher[start:stop], student[start:stop]) for start, stop in bounds
+    ]
     columns = []
     for index in range(3):
         parts = [result[index] for result in results]
         columns.append(None if parts[0] is None else parts)
     del results
-    return tuple(None if parts is None else concatenate_rows(parts) for parts in columns)
+    return tuple(
+        None if parts is None else concatenate_rows(parts) for parts in columns
+    )
 
 
 def _is_traced_by_jax(tensor):
@@ -170,15 +177,75 @@ def _from_bits(tensor, dtype):
     return tensor
 
 
+def _batch_groups(positions):
+    """Return `(mesh, batch axis name, devices along it)`, or None.
+
+    None means no active `keras.distribution` splits the batch into blocks
+    of equal size.
+
+    Under a `keras.distribution` with a batch axis, each device holds a
+    contiguous block of the flattened positions, because the batch is the
+    leading axis of the logits. Looping over the rows of each block, rather
+    than over the global rows, keeps every chunk on its own device: a loop
+    over a split axis would gather all positions onto every device.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or distribution.batch_dim_name is None:
+        return None
+    mesh = distribution.device_mesh
+    groups = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    if groups <= 1 or positions % groups:
+        return None
+    return mesh, distribution.batch_dim_name, groups
+
+
 def _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size):
-    """`map_chunks` with `ops.fori_loop`, writing each chunk into its output."""
+    """`map_chunks` with `ops.fori_loop`, writing each chunk into its output.
+
+    The rows are viewed as `[groups, rows per group, classes]`, with one
+    group per device along the batch axis of an active `keras.distribution`
+    (one group otherwise), and each step handles `chunk_size` rows of every
+    group.
+    """
+    import jax
+
     positions = teacher.shape[0]
     classes = teacher.shape[1]
-    full_chunks = positions // chunk_size
-    teacher_bits, student_bits = _to_bits(teacher), _to_bits(student)
+    batch_split = _batch_groups(positions)
+    groups = 1 if batch_split is None else batch_split[2]
+    rows = positions // groups
+    chunk_size = min(chunk_size, rows)
+    full_chunks = rows // chunk_size
 
-    def read(bits, start, dtype):
-        return _from_bits(ops.slice(bits, [start, 0], [chunk_size, classes]), dtype)
+    def keep_groups_apart(tensor):
+        """Pin axis 0 of a `[groups, rows, ...]` tensor to the batch axis."""
+        if batch_split is None:
+            return tensor
+        mesh, batch_axis, _ = batch_split
+        free = jax.sharding.PartitionSpec.UNCONSTRAINED
+        spec = jax.sharding.PartitionSpec(batch_axis, None, *[free] * (tensor.ndim - 2))
+        sharding = jax.sharding.NamedSharding(mesh.backend_mesh, spec)
+        return jax.lax.with_sharding_constraint(tensor, sharding)
+
+    def grouped(tensor):
+        return keep_groups_apart(ops.reshape(tensor, (groups, rows, classes)))
+
+    teacher_bits, student_bits = grouped(_to_bits(teacher)), grouped(_to_bits(student))
+
+    def run_chunk(start, size):
+        def read(bits, dtype):
+            part = ops.slice(bits, [0, start, 0], [groups, size, classes])
+            return _from_bits(ops.reshape(part, (groups * size, classes)), dtype)
+
+        results = chunk_fn(
+            read(teacher_bits, teacher.dtype), read(student_bits, student.dtype)
+        )
+        return [
+            None
+            if part is None
+            else ops.reshape(part, (groups, size) + tuple(part.shape[1:]))
+            for part in results
+        ]
 
     def write(outputs, results, start):
         updated = []
@@ -186,44 +253,38 @@ def _map_chunks_in_loop(chunk_fn, teacher, student, chunk_size):
             if part is None:
                 updated.append(output)
                 continue
-            starts = [start] + [0] * (len(part.shape) - 1)
+            starts = [0, start] + [0] * (len(part.shape) - 2)
             updated.append(ops.slice_update(output, starts, _to_bits(part)))
         return updated
 
     # The first chunk runs outside the loop to fix the output dtypes. fori_loop
     # carries must be tensors, so absent gradients travel as empty arrays.
-    first = chunk_fn(
-        _from_bits(teacher_bits[:chunk_size], teacher.dtype),
-        _from_bits(student_bits[:chunk_size], student.dtype),
-    )
+    first = run_chunk(0, chunk_size)
     dtypes = [None if part is None else part.dtype for part in first]
     outputs = []
     for part in first:
         if part is None:
             outputs.append(ops.zeros((0,)))
             continue
-        shape = (positions,) + tuple(part.shape[1:])
-        outputs.append(ops.zeros(shape, dtype=_to_bits(part).dtype))
+        shape = (groups, rows) + tuple(part.shape[2:])
+        outputs.append(keep_groups_apart(ops.zeros(shape, dtype=_to_bits(part).dtype)))
     outputs = write(outputs, first, 0)
 
     def body(chunk, outputs):
         start = chunk * chunk_size
-        results = chunk_fn(
-            read(teacher_bits, start, teacher.dtype),
-            read(student_bits, start, student.dtype),
-        )
-        return tuple(write(outputs, results, start))
+        return tuple(write(outputs, run_chunk(start, chunk_size), start))
 
     outputs = list(ops.fori_loop(1, full_chunks, body, tuple(outputs)))
 
     remainder_start = full_chunks * chunk_size
-    if remainder_start < positions:
-        results = chunk_fn(
-            _from_bits(teacher_bits[remainder_start:], teacher.dtype),
-            _from_bits(student_bits[remainder_start:], student.dtype),
-        )
+    if remainder_start < rows:
+        results = run_chunk(remainder_start, rows - remainder_start)
         outputs = write(outputs, results, remainder_start)
     return tuple(
-        None if dtype is None else _from_bits(output, dtype)
+        None
+        if dtype is None
+        else _from_bits(
+            ops.reshape(output, (positions,) + tuple(output.shape[2:])), dtype
+        )
         for output, dtype in zip(outputs, dtypes)
     )
