@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "keras_abkd.cli.demo",
     "keras_abkd.cli.plot_gradients",
     "keras_abkd.cli.cache_teacher",
+    "keras_abkd.cli.sweep",
 ]
 
 
