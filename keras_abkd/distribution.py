@@ -237,7 +237,9 @@ class DistillationParallel(keras.distribution.ModelParallel):
     Example:
 
     ```python
-    distribution = keras_abkd.distribution.DistillationParallel(
+    from keras_abkd.distribution import DistillationParallel
+
+    distribution = DistillationParallel(
         model_parallel=4, teacher_layout=keras_hub.models.Llama3CausalLM
     )
     keras.distribution.set_distribution(distribution)
