@@ -12,6 +12,7 @@ every layout divides the weight it splits.
 import contextlib
 import logging
 import math
+import numbers
 
 import keras
 
@@ -166,7 +167,7 @@ def default_device_mesh(model_parallel=None, batch_axis="batch", model_axis="mod
         model_parallel = count
     if (
         isinstance(model_parallel, bool)
-        or not isinstance(model_parallel, int)
+        or not isinstance(model_parallel, numbers.Integral)
         or model_parallel < 1
         or count % model_parallel
     ):
@@ -175,6 +176,7 @@ def default_device_mesh(model_parallel=None, batch_axis="batch", model_axis="mod
             f"number of devices, {count}, got model_parallel={model_parallel!r}. "
             f"Pick one of {[n for n in range(1, count + 1) if count % n == 0]}."
         )
+    model_parallel = int(model_parallel)
     return keras.distribution.DeviceMesh(
         shape=(count // model_parallel, model_parallel),
         axis_names=(batch_axis, model_axis),

@@ -35,6 +35,7 @@ def _run_script(module, args, env, timeout=600):
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
     )
     assert result.returncode == 0, f"{module} failed:\n{result.stderr[-4000:]}"
 
@@ -162,6 +163,46 @@ def test_distillation_parallel_argument_errors():
         abkd_distribution.DistillationParallel(device_mesh=batch_only)
     # A batch-only mesh works when neither model is split.
     abkd_distribution.DistillationParallel(device_mesh=batch_only, teacher_layout=None)
+
+
+class _Variable:
+    """The attributes of a Keras variable that a layout rule reads."""
+
+    def __init__(self, path, shape):
+        self.path = path
+        self.shape = shape
+        self._layout = None
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on JAX")
+def test_variable_layout_by_role(caplog):
+    mesh = _fake_mesh()
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map["logits/kernel"] = (None, "model")
+    distribution = abkd_distribution.DistillationParallel(
+        device_mesh=mesh, student_layout=layout_map
+    )
+    kernel = _Variable("logits/kernel", (32, 16))
+    narrow_kernel = _Variable("logits/kernel", (32, 10))
+
+    # Outside both scopes every new variable is replicated.
+    assert distribution.get_variable_layout(kernel).axes == (None, None)
+    current = keras.distribution.distribution()
+
+    with distribution.teacher_scope():
+        assert keras.distribution.distribution() is distribution
+        assert distribution.get_variable_layout(kernel).axes == (None, "model")
+        # The generic rule keeps a weight that 4 devices do not divide whole.
+        with caplog.at_level("WARNING", logger="keras_abkd.distribution"):
+            assert distribution.get_variable_layout(narrow_kernel).axes == (None, None)
+        assert "Keeping the teacher weight 'logits/kernel' of shape (32, 10)" in caplog.text
+    assert keras.distribution.distribution() is current
+
+    with distribution.student_scope():
+        assert distribution.get_variable_layout(kernel).axes == (None, "model")
+        # A LayoutMap entry that does not divide the weight is an error.
+        with pytest.raises(ValueError, match="student weight 'logits/kernel'"):
+            distribution.get_variable_layout(narrow_kernel)
 
 
 # JAX on 8 virtual CPU devices, in a subprocess.
