@@ -18,13 +18,23 @@ from keras_abkd.sweep import report as reporting
 from tests import reference
 
 
-
 def _tiny_sweep(alphas="0.5"):
     # A digits sweep with the fewest epochs, so that a run costs about a
     # second and the file still holds real metrics.
     return [
-        "sweep", "--task", "digits", "--alphas", alphas, "--betas", "0.5",
-        "--seeds", "1", "--student-epochs", "1", "--teacher-epochs", "1",
+        "sweep",
+        "--task",
+        "digits",
+        "--alphas",
+        alphas,
+        "--betas",
+        "0.5",
+        "--seeds",
+        "1",
+        "--student-epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
     ]
 
 
@@ -45,8 +55,11 @@ def teacher_cache(tmp_path_factory):
 
 
 def _run_rows(path):
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()
-            if json.loads(line)["type"] == "run"]
+    return [
+        json.loads(line)
+        for line in pathlib.Path(path).read_text().splitlines()
+        if json.loads(line)["type"] == "run"
+    ]
 
 
 # Grid
@@ -157,9 +170,13 @@ def test_stored_teacher_loss_matches_float64_reference():
     labels = rng.integers(0, 5, size=6)
     loss = sweep.StoredTeacherLoss(ABDivergence(1.0, 0.0), student_loss_weight=0.5)
 
-    value = loss(sweep.pack_targets(labels, teacher_logits), student_logits.astype("float32"))
+    value = loss(
+        sweep.pack_targets(labels, teacher_logits), student_logits.astype("float32")
+    )
 
-    divergence = reference.ab_divergence_logits_float64(teacher_logits, student_logits, 1.0, 0.0)
+    divergence = reference.ab_divergence_logits_float64(
+        teacher_logits, student_logits, 1.0, 0.0
+    )
     log_probabilities = np.log(reference.softmax64(student_logits))
     crossentropy = -log_probabilities[np.arange(6), labels]
     expected = np.mean(divergence + 0.5 * crossentropy)
@@ -181,19 +198,31 @@ def test_stored_teacher_loss_matches_distiller():
     value = stored(sweep.pack_targets(y, teacher.predict(x, verbose=0)), student(x))
 
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(value), keras.ops.convert_to_numpy(expected), rtol=1e-5
+        keras.ops.convert_to_numpy(value),
+        keras.ops.convert_to_numpy(expected),
+        rtol=1e-5,
     )
 
 
 # Results file
 
 
-CONFIG = {"task": "toy", "task_config": {"epochs": 1}, "metrics": {"val_accuracy": "max"}}
+CONFIG = {
+    "task": "toy",
+    "task_config": {"epochs": 1},
+    "metrics": {"val_accuracy": "max"},
+}
 
 
 def _row(alpha, seed, accuracy=50.0):
-    return {"kind": "distillation", "alpha": alpha, "beta": 0.0, "seed": seed,
-            "metrics": {"val_accuracy": accuracy}, "seconds": 1.0}
+    return {
+        "kind": "distillation",
+        "alpha": alpha,
+        "beta": 0.0,
+        "seed": seed,
+        "metrics": {"val_accuracy": accuracy},
+        "seconds": 1.0,
+    }
 
 
 def test_results_file_resumes_rows(tmp_path):
@@ -257,8 +286,13 @@ def test_results_file_locked_while_open(tmp_path):
 
 
 def test_summarize_and_choose_best():
-    runs = [_row(1.0, 0, 80.0), _row(1.0, 1, 82.0), _row(0.5, 0, 85.0),
-            _row(0.5, 1, 83.0), _row(0.2, 0, float("nan"))]
+    runs = [
+        _row(1.0, 0, 80.0),
+        _row(1.0, 1, 82.0),
+        _row(0.5, 0, 85.0),
+        _row(0.5, 1, 83.0),
+        _row(0.2, 0, float("nan")),
+    ]
     summaries = sweep.summarize(runs)
     by_alpha = {summary.alpha: summary for summary in summaries}
 
@@ -267,6 +301,19 @@ def test_summarize_and_choose_best():
     assert sweep.choose_best(summaries, "val_accuracy", "max").alpha == 0.5
     assert sweep.choose_best(summaries, "val_accuracy", "min").alpha == 1.0
     assert reporting.format_mean_std(by_alpha[0.5], "val_accuracy") == "84.00 ± 1.41"
+
+
+def test_paired_difference_uses_shared_seeds():
+    best = sweep.summarize(
+        [_row(0.5, 0, 85.0), _row(0.5, 1, 83.0), _row(0.5, 2, 90.0)]
+    )[0]
+    baseline = sweep.summarize([_row(1.0, 0, 84.0), _row(1.0, 1, 81.0)])[0]
+
+    mean, std, count = reporting.paired_difference(best, baseline, "val_accuracy")
+
+    assert count == 2
+    assert mean == pytest.approx(1.5)
+    assert std == pytest.approx(np.std([1.0, 2.0], ddof=1))
 
 
 def test_selection_metric_must_be_validation():
@@ -319,8 +366,12 @@ def test_sweep_cli_on_digits_writes_rows_and_heatmap(tmp_path, teacher_cache, ca
     assert len(_run_rows(output)) == 4
 
     (tmp_path / "runs.png").unlink()
-    assert cli_main.main(["sweep", "report", str(output), "--heatmap",
-                          str(tmp_path / "again.png")]) == 0
+    assert (
+        cli_main.main(
+            ["sweep", "report", str(output), "--heatmap", str(tmp_path / "again.png")]
+        )
+        == 0
+    )
     assert "forward KL (1, 0)" in capsys.readouterr().out
     assert (tmp_path / "again.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="validation metric"):
@@ -330,12 +381,18 @@ def test_sweep_cli_on_digits_writes_rows_and_heatmap(tmp_path, teacher_cache, ca
 def test_sweep_resumes_after_kill(tmp_path, teacher_cache):
     output = tmp_path / "runs.jsonl"
     argv = _tiny_sweep("0.5,1,2") + [
-        "--no-baselines", "--output", str(output), "--cache-dir", str(teacher_cache),
+        "--no-baselines",
+        "--output",
+        str(output),
+        "--cache-dir",
+        str(teacher_cache),
     ]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_abkd.cli", *argv],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 120

@@ -16,6 +16,7 @@ import pathlib
 # Modules that register sweep tasks when imported.
 TASK_MODULES = [
     "keras_abkd.cli.sweep_tasks",
+    "keras_abkd.cli.sweep_cifar10",
 ]
 
 DEFAULT_METRIC = "val_accuracy"
@@ -55,7 +56,9 @@ def add_parser(subparsers):
         "--betas 0,0.5 --seeds 2 --output runs.jsonl",
     )
     parser.add_argument(
-        "--task", choices=task_names, default=None,
+        "--task",
+        choices=task_names,
+        default=None,
         help="Task to sweep: " + ", ".join(task_names) + ".",
     )
     parser.add_argument(
@@ -73,20 +76,25 @@ def add_parser(subparsers):
         "alpha), instead of --betas. Same syntax as --alphas.",
     )
     parser.add_argument(
-        "--seeds", type=int, default=3,
+        "--seeds",
+        type=int,
+        default=3,
         help="Students per cell, with seeds 0 to N-1. Defaults to 3.",
     )
     parser.add_argument(
-        "--output", default=None,
+        "--output",
+        default=None,
         help="JSON lines results file, created or resumed. Defaults to "
         "sweep_TASK.jsonl in the current folder.",
     )
     parser.add_argument(
-        "--no-baselines", action="store_true",
+        "--no-baselines",
+        action="store_true",
         help="Skip the labels-only, forward KL and reverse KL students.",
     )
     parser.add_argument(
-        "--report-only", action="store_true",
+        "--report-only",
+        action="store_true",
         help="Print the report and draw the heatmap of --output without training.",
     )
     _add_report_options(parser)
@@ -98,7 +106,8 @@ def add_parser(subparsers):
     settings.add_argument("--batch-size", type=int, help="Batch size of the students.")
     settings.add_argument("--temperature", type=float, help="Distillation temperature.")
     settings.add_argument(
-        "--student-loss-weight", type=float,
+        "--student-loss-weight",
+        type=float,
         help="Weight of the label crossentropy next to the divergence (weight 1).",
     )
     settings.add_argument("--learning-rate", type=float, help="Adam learning rate.")
@@ -107,7 +116,8 @@ def add_parser(subparsers):
         "--student-units", type=int, help="Hidden units of the student."
     )
     settings.add_argument(
-        "--validation-size", type=int,
+        "--validation-size",
+        type=int,
         help="Training examples moved to the validation split.",
     )
     settings.add_argument(
@@ -116,7 +126,8 @@ def add_parser(subparsers):
         "~/.cache/keras_abkd.",
     )
     parser.add_argument(
-        "--verbose", action="store_true",
+        "--verbose",
+        action="store_true",
         help="Show Keras progress bars while teacher and students train.",
     )
     parser.set_defaults(func=_main)
@@ -135,8 +146,14 @@ def add_parser(subparsers):
 
 # Command-line options passed to the task, by task keyword.
 _TASK_SETTINGS = (
-    "student_epochs", "batch_size", "temperature", "student_loss_weight",
-    "learning_rate", "teacher_epochs", "student_units", "validation_size",
+    "student_epochs",
+    "batch_size",
+    "temperature",
+    "student_loss_weight",
+    "learning_rate",
+    "teacher_epochs",
+    "student_units",
+    "validation_size",
     "cache_dir",
 )
 
@@ -160,7 +177,7 @@ def report(results_path, metric=DEFAULT_METRIC, heatmap_path=None):
     summaries = sweep.summarize(runs)
     best = sweep.choose_best(summaries, metric, directions[metric])
     metrics = reporting.reported_metrics(directions)
-    test_metric = "test_" + metric[len("val_"):]
+    test_metric = "test_" + metric[len("val_") :]
     if test_metric not in directions:
         test_metric = None
 
@@ -183,11 +200,20 @@ def report(results_path, metric=DEFAULT_METRIC, heatmap_path=None):
         lines.append(
             f"Best on {metric}: {best.label}, alpha={best.alpha:g}, beta={best.beta:g}."
         )
+        lines += [
+            "",
+            "The best cell minus each baseline, seed by seed (mean ± std):",
+            "",
+        ]
+        lines.append(reporting.format_paired_table(summaries, best, metrics))
 
     heatmap_path = heatmap_path or _default_heatmap(results_path)
     try:
         figure = sweep.plot_heatmap(
-            summaries, metric, best=best, path=heatmap_path,
+            summaries,
+            metric,
+            best=best,
+            path=heatmap_path,
             title=f"{config['task']}: mean {metric} over seeds",
         )
     except ImportError as error:
@@ -205,7 +231,8 @@ def report(results_path, metric=DEFAULT_METRIC, heatmap_path=None):
 
 def _task_settings(args):
     settings = {
-        name: getattr(args, name) for name in _TASK_SETTINGS
+        name: getattr(args, name)
+        for name in _TASK_SETTINGS
         if getattr(args, name) is not None
     }
     settings["verbose"] = 1 if args.verbose else 0
@@ -225,7 +252,9 @@ def _main(args):
 
         if args.task is None:
             raise ValueError(
-                "--task is missing. Choose one of: " + ", ".join(sweep.task_names()) + "."
+                "--task is missing. Choose one of: "
+                + ", ".join(sweep.task_names())
+                + "."
             )
         if args.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
@@ -238,8 +267,12 @@ def _main(args):
             )
 
         sweep.run_sweep(
-            task, grid, range(args.seeds), output,
-            baselines=not args.no_baselines, progress=_print_now,
+            task,
+            grid,
+            range(args.seeds),
+            output,
+            baselines=not args.no_baselines,
+            progress=_print_now,
         )
         print()
         report(output, args.metric, args.heatmap)

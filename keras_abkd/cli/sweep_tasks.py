@@ -46,8 +46,10 @@ class ImageClassificationTask(ClassificationTask):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for option, value in (("teacher_epochs", teacher_epochs),
-                              ("student_units", student_units)):
+        for option, value in (
+            ("teacher_epochs", teacher_epochs),
+            ("student_units", student_units),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be an integer >= 1, got {value!r}.")
         self.teacher_epochs = teacher_epochs

@@ -101,7 +101,9 @@ class ClassificationTask(SweepTask):
 
     def load_splits(self):
         """Return the task's `keras_abkd.sweep.Splits`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement load_splits().")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement load_splits()."
+        )
 
     def load_teacher(self, splits):
         """Return the trained teacher (a `keras.Model` returning logits).
@@ -110,7 +112,9 @@ class ClassificationTask(SweepTask):
         examples stay unseen, and cache it on disk so that a sweep trains it
         once.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement load_teacher().")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement load_teacher()."
+        )
 
     def build_student(self, input_shape, num_classes):
         """Return a new, untrained student `keras.Model` returning logits."""
@@ -138,7 +142,7 @@ class ClassificationTask(SweepTask):
         return info
 
     def distillation_loss(self, alpha, beta):
-        """Return the divergence of one run: `ABDivergence` at the task's temperature."""
+        """Return the divergence of a run: `ABDivergence` at the task's temperature."""
         return ABDivergence(alpha, beta, temperature=self.temperature)
 
     def train_student(self, alpha, beta, seed):
@@ -180,7 +184,9 @@ class ClassificationTask(SweepTask):
         # One predict call for both splits, so the predict function is
         # traced once per student rather than once per split.
         logits = student.predict(
-            np.concatenate([x_validation, x_test]), batch_size=self.batch_size, verbose=0
+            np.concatenate([x_validation, x_test]),
+            batch_size=self.batch_size,
+            verbose=0,
         )
         predictions = np.argmax(logits, axis=-1)
         by_split = {

@@ -22,9 +22,7 @@ def _parse_number(text, option):
             "such as 0,0.5,1 or a range start:stop:step such as 0:1:0.25."
         ) from None
     if not math.isfinite(value):
-        raise ValueError(
-            f"{option}: values must be finite numbers, got {text!r}."
-        )
+        raise ValueError(f"{option}: values must be finite numbers, got {text!r}.")
     return value
 
 
@@ -37,9 +35,7 @@ def _parse_range(item, option):
         )
     start, stop, step = (_parse_number(part, option) for part in parts)
     if step <= 0:
-        raise ValueError(
-            f"{option}: the step of {item!r} must be > 0, got {step:g}."
-        )
+        raise ValueError(f"{option}: the step of {item!r} must be > 0, got {step:g}.")
     if stop < start:
         raise ValueError(
             f"{option}: the range {item!r} ends before it starts. Write it as "

@@ -99,8 +99,15 @@ def plot_heatmap(summaries, metric, best=None, path=None, title=None):
             if np.isnan(value):
                 continue
             color = "black" if value > middle else "white"
-            axes.text(column, row, f"{value:.2f}", ha="center", va="center",
-                      fontsize=8, color=color)
+            axes.text(
+                column,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=color,
+            )
 
     def outline(cell, label, color):
         alpha, beta = cell
@@ -110,20 +117,43 @@ def plot_heatmap(summaries, metric, best=None, path=None, title=None):
         if np.isnan(means[row, column]):
             return
         axes.add_patch(
-            pyplot.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False,
-                             edgecolor=color, linewidth=2)
+            pyplot.Rectangle(
+                (column - 0.5, row - 0.5),
+                1,
+                1,
+                fill=False,
+                edgecolor=color,
+                linewidth=2,
+            )
         )
-        axes.text(column, row - 0.3, label, ha="center", va="center", fontsize=7,
-                  color=color, fontweight="bold")
+        axes.text(
+            column,
+            row - 0.3,
+            label,
+            ha="center",
+            va="center",
+            fontsize=7,
+            color=color,
+            fontweight="bold",
+        )
 
     outline(FORWARD_KL, "FKL", "tab:red")
     outline(REVERSE_KL, "RKL", "tab:orange")
     if best is not None:
         column, row = alphas.index(best.alpha), betas.index(best.beta)
-        axes.plot(column, row + 0.3, marker="*", markersize=12, color="white",
-                  markeredgecolor="black", linestyle="none", label="best on validation")
-        axes.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8,
-                    frameon=False)
+        axes.plot(
+            column,
+            row + 0.3,
+            marker="*",
+            markersize=12,
+            color="white",
+            markeredgecolor="black",
+            linestyle="none",
+            label="best on validation",
+        )
+        axes.legend(
+            loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, frameon=False
+        )
 
     if path is not None:
         figure.savefig(path, dpi=120)

@@ -19,7 +19,11 @@ def pack_targets(labels, teacher_logits):
 
     labels = np.asarray(labels)
     teacher_logits = np.asarray(teacher_logits, dtype="float32")
-    if labels.ndim != 1 or teacher_logits.ndim != 2 or len(labels) != len(teacher_logits):
+    if (
+        labels.ndim != 1
+        or teacher_logits.ndim != 2
+        or len(labels) != len(teacher_logits)
+    ):
         raise ValueError(
             "pack_targets expects labels of shape [N] and teacher logits of "
             f"shape [N, classes], got {labels.shape} and {teacher_logits.shape}."

@@ -40,7 +40,5 @@ def get_task(name, **settings):
     """
     if name not in _TASKS:
         available = ", ".join(task_names()) or "none"
-        raise ValueError(
-            f"Unknown sweep task {name!r}. Registered tasks: {available}."
-        )
+        raise ValueError(f"Unknown sweep task {name!r}. Registered tasks: {available}.")
     return _TASKS[name](**settings)

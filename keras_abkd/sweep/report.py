@@ -12,6 +12,13 @@ from keras_abkd.sweep.runner import REVERSE_KL
 from keras_abkd.sweep.task import MAXIMIZE
 from keras_abkd.sweep.task import MINIMIZE
 
+# (kind, alpha, beta) of the baselines, in the order of the report's tables.
+BASELINE_CELLS = (
+    (LABELS_ONLY, None, None),
+    (DISTILLATION, *FORWARD_KL),
+    (DISTILLATION, *REVERSE_KL),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class CellSummary:
@@ -46,7 +53,7 @@ class CellSummary:
         return float(np.mean(self.values[metric]))
 
     def std(self, metric):
-        """Return the sample standard deviation (ddof=1) over seeds, NaN for one seed."""
+        """Return the sample standard deviation (ddof=1), NaN for one seed."""
         values = self.values[metric]
         return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
@@ -69,8 +76,14 @@ def summarize(runs):
     summaries = []
     for (kind, alpha, beta), rows in groups.items():
         rows = sorted(rows, key=lambda row: row["seed"])
-        names = [name for name in rows[0]["metrics"] if all(name in r["metrics"] for r in rows)]
-        values = {name: tuple(float(r["metrics"][name]) for r in rows) for name in names}
+        names = [
+            name
+            for name in rows[0]["metrics"]
+            if all(name in r["metrics"] for r in rows)
+        ]
+        values = {
+            name: tuple(float(r["metrics"][name]) for r in rows) for name in names
+        }
         seeds = tuple(row["seed"] for row in rows)
         summaries.append(CellSummary(kind, alpha, beta, seeds, values))
 
@@ -164,11 +177,7 @@ def format_comparison_table(summaries, best, metrics):
     """
     by_cell = {(s.kind, s.alpha, s.beta): s for s in summaries}
     rows = []
-    for key in (
-        (LABELS_ONLY, None, None),
-        (DISTILLATION, *FORWARD_KL),
-        (DISTILLATION, *REVERSE_KL),
-    ):
+    for key in BASELINE_CELLS:
         if key in by_cell:
             rows.append((by_cell[key].label, by_cell[key]))
     if best is not None:
@@ -195,5 +204,49 @@ def format_grid_table(summaries, metric, test_metric=None):
         cells = " | ".join(format_mean_std(summary, name) for name in columns)
         lines.append(
             f"| {summary.alpha:g} | {summary.beta:g} | {len(summary.seeds)} | {cells} |"
+        )
+    return "\n".join(lines)
+
+
+def paired_difference(summary, baseline, metric):
+    """Return the mean and std of `summary - baseline` over the seeds both ran.
+
+    Each seed fixes a student's initialisation and data order in every cell
+    of a `ClassificationTask` sweep, so the per-seed difference removes the
+    part of the spread that the two cells share.
+
+    Returns:
+        `(mean, std, count)`, with std NaN for fewer than 2 shared seeds
+        and mean NaN for none.
+    """
+    first = dict(zip(summary.seeds, summary.values.get(metric, ())))
+    second = dict(zip(baseline.seeds, baseline.values.get(metric, ())))
+    differences = [first[seed] - second[seed] for seed in first if seed in second]
+    if not differences:
+        return math.nan, math.nan, 0
+    std = float(np.std(differences, ddof=1)) if len(differences) > 1 else math.nan
+    return float(np.mean(differences)), std, len(differences)
+
+
+def format_paired_table(summaries, best, metrics):
+    """Format the best cell minus each baseline, per seed, as a Markdown table."""
+    by_cell = {(s.kind, s.alpha, s.beta): s for s in summaries}
+    baselines = [
+        by_cell[key]
+        for key in BASELINE_CELLS
+        if key in by_cell and by_cell[key] is not best
+    ]
+    lines = [
+        "| difference | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    for baseline in baselines:
+        cells, count = [], 0
+        for metric in metrics:
+            mean, std, count = paired_difference(best, baseline, metric)
+            shown = f"{mean:+.2f}" if math.isnan(std) else f"{mean:+.2f} ± {std:.2f}"
+            cells.append(shown)
+        lines.append(
+            f"| {best.label} − {baseline.label} | {count} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ class ConfigMismatchError(ValueError):
 
 
 def fingerprint(config):
-    """Return a short SHA-256 of `config`, a JSON-able dict, independent of key order."""
+    """Return a short SHA-256 of the JSON-able dict `config`, whatever its key order."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -71,7 +71,9 @@ def _parse_lines(path, text):
                 "on line 1, then rows of type 'run' or 'prepared')."
             )
     if rows and header is None:
-        raise ValueError(f"{path} has no header line, so it is not a sweep results file.")
+        raise ValueError(
+            f"{path} has no header line, so it is not a sweep results file."
+        )
     return header, rows, complete
 
 

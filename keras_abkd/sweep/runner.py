@@ -139,7 +139,10 @@ def run_sweep(task, grid, seeds, path, baselines=True, progress=None):
         remaining = [run for run in runs if run.key not in finished]
         skipped = len(runs) - len(remaining)
         if skipped:
-            _report(progress, f"Resuming {path}: {skipped} of {len(runs)} runs already done.")
+            _report(
+                progress,
+                f"Resuming {path}: {skipped} of {len(runs)} runs already done.",
+            )
         if not remaining:
             _report(progress, f"All {len(runs)} runs are in {path}.")
             return list(results.runs)

@@ -21,7 +21,11 @@ class Splits:
 
     def items(self):
         """Return `(name, (x, y))` for the three splits, train first."""
-        return (("train", self.train), ("validation", self.validation), ("test", self.test))
+        return (
+            ("train", self.train),
+            ("validation", self.validation),
+            ("test", self.test),
+        )
 
 
 def carve_validation(x, y, validation_size, seed=0):
@@ -49,7 +53,9 @@ def carve_validation(x, y, validation_size, seed=0):
         raise ValueError(
             f"x and y must have the same length, got {len(x)} and {len(y)}."
         )
-    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
+    if isinstance(validation_size, bool) or not isinstance(
+        validation_size, (int, np.integer)
+    ):
         raise ValueError(
             f"validation_size must be an integer, got {validation_size!r}."
         )

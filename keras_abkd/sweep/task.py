@@ -52,8 +52,8 @@ class SweepTask:
         """Return the settings that change a run's results, as a JSON-able dict.
 
         The results file stores them, and a sweep raises an error rather
-        than resume a file written with different settings. Leave out settings that only change
-        the output, such as verbosity.
+        than resume a file written with different settings. Leave out
+        settings that only change the output, such as verbosity.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement config().")
 
