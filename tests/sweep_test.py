@@ -316,6 +316,38 @@ def test_paired_difference_uses_shared_seeds():
     assert std == pytest.approx(np.std([1.0, 2.0], ddof=1))
 
 
+def test_heatmap_leaves_missing_cells_empty(tmp_path):
+    from keras_abkd.sweep import heatmap
+
+    runs = [
+        {**_row(alpha, 0, 80.0 + alpha), "beta": 1.0 - alpha}
+        for alpha in (0.0, 0.5, 1.0)
+    ]
+    summaries = sweep.summarize(runs)
+
+    alphas, betas, means = heatmap.metric_grid(summaries, "val_accuracy")
+    figure = sweep.plot_heatmap(
+        summaries, "val_accuracy", best=summaries[-1], path=tmp_path / "map.png"
+    )
+
+    assert alphas == [0.0, 0.5, 1.0]
+    assert betas == [0.0, 0.5, 1.0]
+    np.testing.assert_array_equal(np.isnan(means), ~np.eye(3, dtype=bool)[::-1])
+    assert means[0, 2] == 81.0
+    assert (tmp_path / "map.png").stat().st_size > 0
+    figure.clf()
+
+
+def test_report_rejects_empty_results(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    sweep.ResultsFile(path, CONFIG).close()
+
+    with pytest.raises(SystemExit, match="contains no finished run"):
+        cli_main.main(["sweep", "report", str(path)])
+    with pytest.raises(SystemExit, match="No such file"):
+        cli_main.main(["sweep", "--report-only", "--output", str(tmp_path / "x.jsonl")])
+
+
 def test_selection_metric_must_be_validation():
     directions = {"val_accuracy": "max", "test_accuracy": "max"}
     with pytest.raises(ValueError, match="validation metric"):
