@@ -80,7 +80,7 @@ def run_worker(args):
         teacher=teacher,
         student=distiller_student,
         distillation_loss=keras_abkd.ABDivergence(
-            alpha=0.2, beta=0.7, chunk_size=args.chunk_size
+            alpha=0.2, beta=0.7, chunk_size=args.chunk_size, jit_compile=args.jit_compile
         ),
         student_loss_weight=0.5,
     )
@@ -142,6 +142,15 @@ def _format_table(records):
     return "\n".join(lines)
 
 
+def _jit_compile(text):
+    values = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(
+            f"--jit-compile must be auto, true or false, got {text!r}."
+        )
+    return values[text.lower()]
+
+
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=None,
@@ -159,6 +168,9 @@ def _parse_args(argv):
                              "Defaults to 2048.")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="chunk_size of the divergence. Defaults to None.")
+    parser.add_argument("--jit-compile", default="auto", type=_jit_compile,
+                        help="jit_compile of the divergence: auto, true or false. "
+                             "Defaults to auto.")
     parser.add_argument("--steps", type=int, default=10,
                         help="Timed calls per measurement. Defaults to 10.")
     parser.add_argument("--warmup", type=int, default=2,
@@ -188,7 +200,7 @@ def main(argv=None):
     print(
         f"batch={args.batch}, length={args.length}, vocabulary={args.vocabulary}, "
         f"width={args.width}, hidden={args.hidden}, chunk_size={args.chunk_size}, "
-        f"steps={args.steps}"
+        f"jit_compile={args.jit_compile}, steps={args.steps}"
     )
     print(_format_table(records))
     return 1 if any("error" in r for r in records) else 0
