@@ -102,6 +102,11 @@ def _divergence_of_logits(
                     if chunking.scales_in_place():
                         del stored[name]
                         consumed.add(name)
+                elif keras.backend.backend() == "torch":
+                    # PyTorch takes None for an input that needs no gradient,
+                    # which saves a full-size array of zeros.
+                    results.append(None)
+                    continue
                 else:
                     gradient = ops.zeros_like(logits)
                 results.append(ops.reshape(gradient, batch_shape + (classes,)))
