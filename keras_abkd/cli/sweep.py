@@ -16,6 +16,7 @@ import pathlib
 # Modules that register sweep tasks when imported.
 TASK_MODULES = [
     "keras_abkd.cli.sweep_tasks",
+    "keras_abkd.cli.sweep_cifar10",
 ]
 
 DEFAULT_METRIC = "val_accuracy"
