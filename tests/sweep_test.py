@@ -277,8 +277,16 @@ def test_results_file_rejects_corrupt_line(tmp_path):
 def test_results_file_locked_while_open(tmp_path):
     path = tmp_path / "runs.jsonl"
     with sweep.ResultsFile(path, CONFIG):
-        with pytest.raises(RuntimeError, match="open in another sweep"):
+        with pytest.raises(sweep.ResultsFileLockedError, match="open in another"):
             sweep.ResultsFile(path, CONFIG)
+
+
+def test_read_results_rejects_foreign_header(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"type": "header", "format": 1}\n')
+
+    with pytest.raises(ValueError, match="not written by keras-abkd sweep"):
+        sweep.read_results(path)
 
 
 # Report

@@ -13,6 +13,9 @@ import argparse
 import importlib
 import pathlib
 
+from keras_abkd.cli import datasets
+from keras_abkd.sweep import results as sweep_results
+
 # Modules that register sweep tasks when imported.
 TASK_MODULES = [
     "keras_abkd.cli.sweep_tasks",
@@ -20,6 +23,15 @@ TASK_MODULES = [
 ]
 
 DEFAULT_METRIC = "val_accuracy"
+
+# Errors caused by the arguments, the data or the results file, printed
+# without a traceback.
+_USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    sweep_results.ResultsFileLockedError,
+    datasets.DatasetNotFoundError,
+)
 
 
 def _load_tasks():
@@ -276,7 +288,7 @@ def _main(args):
         )
         print()
         report(output, args.metric, args.heatmap)
-    except (ValueError, FileNotFoundError) as error:
+    except _USER_ERRORS as error:
         raise SystemExit(f"error: {error}") from None
     return 0
 
@@ -284,7 +296,7 @@ def _main(args):
 def _report_main(args):
     try:
         report(args.results, args.metric, args.heatmap)
-    except (ValueError, FileNotFoundError) as error:
+    except _USER_ERRORS as error:
         raise SystemExit(f"error: {error}") from None
     return 0
 

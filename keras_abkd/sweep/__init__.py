@@ -20,6 +20,7 @@ from keras_abkd.sweep.report import choose_best
 from keras_abkd.sweep.report import summarize
 from keras_abkd.sweep.results import ConfigMismatchError
 from keras_abkd.sweep.results import ResultsFile
+from keras_abkd.sweep.results import ResultsFileLockedError
 from keras_abkd.sweep.results import read_results
 from keras_abkd.sweep.runner import plan_runs
 from keras_abkd.sweep.runner import run_sweep

@@ -87,6 +87,7 @@ class ClassificationTask(SweepTask):
         self.learning_rate = _check_positive_float("learning_rate", learning_rate)
         self.verbose = int(verbose)
         self.splits = None
+        self.num_classes = None
         self.teacher_logits = None
         self.teacher_predictions = None
 

@@ -28,6 +28,10 @@ class ConfigMismatchError(ValueError):
     """Raised when a results file was written by a sweep with other settings."""
 
 
+class ResultsFileLockedError(RuntimeError):
+    """Raised when another process has the results file open for writing."""
+
+
 def fingerprint(config):
     """Return a short SHA-256 of the JSON-able dict `config`, whatever its key order."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
@@ -96,6 +100,12 @@ def read_results(path):
     header, rows, _ = _parse_lines(path, path.read_bytes())
     if header is None:
         raise ValueError(f"{path} is empty: no sweep has finished writing its header.")
+    config = header.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("metrics"), dict):
+        raise ValueError(
+            f"The header of {path} has no sweep configuration with metrics, so "
+            "the file was not written by keras-abkd sweep."
+        )
     runs = [row for row in rows if row["type"] == "run"]
     prepared = [row for row in rows if row["type"] == "prepared"]
     return header, runs, prepared
@@ -128,7 +138,8 @@ class ResultsFile:
 
     Raises:
         ConfigMismatchError: when the file was written with another config.
-        RuntimeError: when another process has the file open for writing.
+        ResultsFileLockedError: when another process has the file open for
+            writing.
 
     Example:
 
@@ -160,7 +171,7 @@ class ResultsFile:
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise ResultsFileLockedError(
                 f"{self.path} is open in another sweep. Wait for it to finish, "
                 "or write to another --output file."
             ) from None
