@@ -12,7 +12,6 @@ import pytest
 
 import keras_abkd
 from keras_abkd import cache
-from keras_abkd.cache import shards
 from keras_abkd.cache import writer
 
 CLASSES = 6

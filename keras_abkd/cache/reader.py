@@ -1,7 +1,5 @@
 """`CachedTargets`: stream a teacher cache as training batches for a student."""
 
-import math
-
 import keras
 import numpy as np
 
