@@ -222,9 +222,11 @@ def alpha_beta_divergence(
             temporaries beyond the inputs and their gradient grow with
             `chunk_size` rather than with the number of positions: about
             ten `[chunk_size, classes]` float32 arrays under `jax.jit`, and
-            more when operations run one by one. The result does not depend
-            on it, up to float32 rounding. None (the default) processes all
-            positions at once.
+            more when operations run one by one. Under a
+            `keras.distribution` that splits the positions across devices,
+            it counts the rows of each device's block. The result does not
+            depend on it, up to float32 rounding. None (the default)
+            processes all positions at once.
         jit_compile: `"auto"` (the default), True or False. When the
             divergence runs outside a compiled function (PyTorch's default,
             or JAX and TensorFlow run eagerly), its per-chunk kernel of about
