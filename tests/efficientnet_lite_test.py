@@ -191,6 +191,17 @@ def test_features_without_top():
     assert model.output_shape == (None, 1280)
 
 
+def test_missing_classifier_rejected(tmp_path, imagenet_state):
+    path = tmp_path / "backbone_only.pth"
+    torch.save(
+        {k: torch.from_numpy(v) for k, v in imagenet_state.items() if not k.startswith("_fc")},
+        path,
+    )
+
+    with pytest.raises(ValueError, match="no parameter '_fc.weight'"):
+        EfficientNetLite0(weights=path, input_shape=(32, 32, 3))
+
+
 def test_bad_arguments_rejected():
     with pytest.raises(ValueError, match="input_shape must end in 3"):
         EfficientNetLite0(weights=None, input_shape=(32, 32, 1))

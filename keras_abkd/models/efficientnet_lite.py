@@ -286,8 +286,8 @@ def load_torch_weights(model, state):
             continue
         prefix = _torch_names(layer.name)
         if layer.name == "predictions":
-            fc_width = state.get(f"{prefix}.bias", ()).shape
-            if tuple(fc_width) != tuple(layer.weights[1].shape):
+            fc_bias = state.get(f"{prefix}.bias")
+            if fc_bias is not None and fc_bias.shape != tuple(layer.weights[1].shape):
                 continue
         try:
             arrays = _layer_arrays(layer, state, prefix)
