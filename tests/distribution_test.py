@@ -408,18 +408,31 @@ def test_torch_ddp_matches_one_process(tmp_path):
     env = _environment("torch", GLOO_SOCKET_IFNAME="lo")
     rendezvous = tmp_path / "rendezvous"
     _run_script("tests.torch_ddp_run", [str(tmp_path), "single"], env)
+    # Each rank writes to its own file: with pipes, a rank whose output
+    # fills the pipe blocks while the other waits for it in an all-reduce.
+    logs = [open(tmp_path / f"rank_{rank}.log", "w") for rank in range(2)]
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.torch_ddp_run", str(tmp_path), "ddp",
              str(rank), "2", str(rendezvous)],
-            cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=REPOSITORY, env=env, stdout=logs[rank], stderr=subprocess.STDOUT,
             text=True,
         )
         for rank in range(2)
     ]
+    try:
+        for worker in workers:
+            worker.wait(timeout=300)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for log in logs:
+            log.close()
     for rank, worker in enumerate(workers):
-        _, stderr = worker.communicate(timeout=600)
-        assert worker.returncode == 0, f"rank {rank} failed:\n{stderr[-4000:]}"
+        output = (tmp_path / f"rank_{rank}.log").read_text()
+        assert worker.returncode == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
     single = dict(np.load(tmp_path / "single.npz"))
     assert single["losses"][-1, 0] != single["losses"][0, 0]

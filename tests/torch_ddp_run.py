@@ -110,7 +110,13 @@ def train_ddp(output_dir, rank, world_size, rendezvous_file):
         losses.append((logged / world_size).tolist())
 
     save(os.path.join(output_dir, f"ddp_{rank}.npz"), distiller, losses, initial_teacher)
-    torch_distributed.destroy_process_group()
+    torch_distributed.barrier()
+    # NOTE: with torch 2.13 on CPU, `destroy_process_group` or the
+    # interpreter's shutdown after it sometimes never returned here, with both
+    # ranks done, so each rank leaves at once after the barrier.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
