@@ -323,6 +323,21 @@ def test_paired_difference_uses_shared_seeds():
     assert std == pytest.approx(np.std([1.0, 2.0], ddof=1))
 
 
+@pytest.mark.parametrize(
+    "values", [[92.8, 93.2, 93.3, 93.3, 93.3], [90.0, 90.0, 90.0]]
+)
+def test_heatmap_color_range_with_tied_top(values):
+    runs = [{**_row(float(i), 0, value), "beta": 0.0} for i, value in enumerate(values)]
+    figure = sweep.plot_heatmap(sweep.summarize(runs), "val_accuracy")
+
+    low, high = figure.axes[0].images[0].get_clim()
+
+    assert low < high
+    assert low <= min(values)
+    assert high >= max(values)
+    figure.clf()
+
+
 def test_heatmap_leaves_missing_cells_empty(tmp_path):
     from keras_abkd.sweep import heatmap
 

@@ -68,8 +68,16 @@ def plot_heatmap(summaries, metric, best=None, path=None, title=None):
 
     finite = means[np.isfinite(means)]
     median = float(np.median(finite))
-    lowest = max(float(finite.min()), median - 2.0 * (float(finite.max()) - median))
+    highest = float(finite.max())
+    lowest = max(float(finite.min()), median - 2.0 * (highest - median))
+    if lowest >= highest:
+        # Half the cells or more tie for the top, so the clipping rule above
+        # leaves no range: fall back to the full range of the values.
+        lowest = float(finite.min())
     clipped = lowest > finite.min()
+    if lowest >= highest:
+        # Every cell has the same value; any non-empty range shows it.
+        lowest, highest = lowest - 0.5, highest + 0.5
 
     figure, axes = pyplot.subplots(
         figsize=(max(5.0, 1.2 + 0.9 * len(alphas)), 1.0 + 0.7 * len(betas)),
@@ -81,7 +89,7 @@ def plot_heatmap(summaries, metric, best=None, path=None, title=None):
         cmap="viridis",
         aspect="auto",
         vmin=lowest,
-        vmax=float(finite.max()),
+        vmax=highest,
     )
     figure.colorbar(
         image, ax=axes, label=f"mean {metric}", extend="min" if clipped else "neither"
@@ -92,7 +100,7 @@ def plot_heatmap(summaries, metric, best=None, path=None, title=None):
     axes.set_ylabel("beta")
     axes.set_title(title or f"mean {metric} over seeds")
 
-    middle = (lowest + finite.max()) / 2
+    middle = (lowest + highest) / 2
     for row, beta in enumerate(betas):
         for column, alpha in enumerate(alphas):
             value = means[row, column]
