@@ -334,6 +334,15 @@ class Distiller(keras.Model):
         """
         self._student_loss_identifier = loss
         self._student_loss = _resolve_student_loss(loss)
+        automatic = getattr(self, "_student_loss_is_automatic", False)
+        if self._student_loss is not None and self.student_loss_weight == 0.0 and not automatic:
+            logger.warning(
+                "compile() got loss=%r but student_loss_weight=0.0, so that "
+                "loss is only logged as student_loss and does not train the "
+                "student. Pass student_loss_weight > 0 to the distiller to "
+                "mix it in.",
+                loss,
+            )
         if self._student_loss is None and self.student_loss_weight > 0.0:
             logger.warning(
                 "student_loss_weight=%s but compile() got no loss, so the "

@@ -468,6 +468,13 @@ def test_student_loss_weight_without_loss_warns(caplog):
     assert "compile() got no loss" in caplog.text
 
 
+def test_loss_with_zero_weight_warns(caplog):
+    distiller = Distiller(_mlp(16), _mlp(4))
+    with caplog.at_level("WARNING", logger="keras_abkd.distiller"):
+        distiller.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    assert "student_loss_weight=0.0" in caplog.text
+
+
 def test_fit_without_labels_skips_compiled_metrics():
     distiller = Distiller(_mlp(16, name="teacher"), _mlp(4, name="student"))
     distiller.compile(

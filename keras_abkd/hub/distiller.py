@@ -203,11 +203,15 @@ class HubDistiller(Distiller):
             metrics: Metrics between labels and student logits.
             **kwargs: Passed to `keras.Model.compile`.
         """
+        automatic = loss == "auto"
         if self.task_kind == compatibility.CAUSAL_LM:
             if loss in ("auto", "sparse_categorical_crossentropy"):
                 loss = TokenCrossEntropy()
         elif loss == "auto":
             loss = "sparse_categorical_crossentropy"
+        # The default loss is only logged unless student_loss_weight > 0,
+        # which needs no warning.
+        self._student_loss_is_automatic = automatic
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def preprocess(self, x, y=None, sample_weight=None):
