@@ -434,7 +434,9 @@ def test_sweep_cli_on_digits_writes_rows_and_heatmap(tmp_path, teacher_cache, ca
 
 def test_sweep_resumes_after_kill(tmp_path, teacher_cache):
     output = tmp_path / "runs.jsonl"
-    argv = _tiny_sweep("0.5,1") + [
+    # Four cells, so that some remain when the first row is seen: on a fast
+    # backend a second run can finish before the kill lands.
+    argv = _tiny_sweep("0.5,1,1.5,2") + [
         "--no-baselines",
         "--output",
         str(output),
@@ -453,7 +455,7 @@ def test_sweep_resumes_after_kill(tmp_path, teacher_cache):
         while not (output.exists() and _run_rows(output)):
             assert process.poll() is None, log.read_text()[-2000:]
             assert time.monotonic() < deadline, "no run finished within 120 s"
-            time.sleep(0.2)
+            time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -463,6 +465,6 @@ def test_sweep_resumes_after_kill(tmp_path, teacher_cache):
     rows = _run_rows(output)
     keys = [(r["kind"], r["alpha"], r["beta"], r["seed"]) for r in rows]
 
-    assert killed_rows == 1
-    assert len(keys) == len(set(keys)) == 2
-    assert {key[1:3] for key in keys} == {(0.5, 0.5), (1.0, 0.5)}
+    assert 1 <= killed_rows < 4
+    assert len(keys) == len(set(keys)) == 4
+    assert {key[1:3] for key in keys} == {(0.5, 0.5), (1.0, 0.5), (1.5, 0.5), (2.0, 0.5)}
