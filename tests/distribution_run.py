@@ -56,6 +56,30 @@ def dense_model(units, role):
     return keras.Model(inputs, logits, name=role)
 
 
+def build_dense_distiller(model_fn=None):
+    """Return a compiled Distiller of two seeded dense models from `model_fn`.
+
+    The multi-process runs of TensorFlow and PyTorch build this same pair, so
+    their results compare with a run in one process.
+    """
+    model_fn = model_fn or dense_model
+    teacher = model_fn(32, "teacher")
+    student = model_fn(8, "student")
+    set_numpy_weights(teacher, seed=1)
+    set_numpy_weights(student, seed=2)
+    distiller = keras_abkd.Distiller(
+        teacher,
+        student,
+        distillation_loss=keras_abkd.ABDivergence(alpha=0.3, beta=0.6, temperature=2.0),
+        student_loss_weight=0.5,
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=0.05),
+        loss="sparse_categorical_crossentropy",
+    )
+    return distiller
+
+
 def variable_layouts(variables):
     """Return `{path: {"spec": [...], "shard_shape": [...]}}` of JAX arrays."""
     layouts = {}

@@ -20,9 +20,8 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_abkd  # noqa: E402
 from tests.distribution_run import BatchLosses  # noqa: E402
-from tests.distribution_run import set_numpy_weights  # noqa: E402
+from tests.distribution_run import build_dense_distiller  # noqa: E402
 
 
 def dense_model(units, role):
@@ -43,20 +42,8 @@ def train(strategy, sample_weight, arrays, name):
 
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with scope:
-        teacher = dense_model(32, "teacher")
-        student = dense_model(8, "student")
-        set_numpy_weights(teacher, seed=1)
-        set_numpy_weights(student, seed=2)
-        distiller = keras_abkd.Distiller(
-            teacher,
-            student,
-            distillation_loss=keras_abkd.ABDivergence(alpha=0.3, beta=0.6, temperature=2.0),
-            student_loss_weight=0.5,
-        )
-        distiller.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=0.05),
-            loss="sparse_categorical_crossentropy",
-        )
+        distiller = build_dense_distiller(dense_model)
+    teacher, student = distiller.teacher, distiller.student
     arrays.update({f"{name}/teacher_initial_{i}": w for i, w in enumerate(teacher.get_weights())})
 
     recorder = BatchLosses()

@@ -11,36 +11,15 @@ student on its share of the batch, and DDP averages the gradients.
 import os
 import sys
 
-import keras
 import numpy as np
 import torch
 import torch.distributed as torch_distributed
 
-import keras_abkd
 from tests.distribution_run import BatchLosses
-from tests.distribution_run import dense_model
-from tests.distribution_run import set_numpy_weights
+from tests.distribution_run import build_dense_distiller
 
 BATCH_SIZE = 8
 STEPS = 4
-
-
-def build_distiller():
-    teacher = dense_model(32, "teacher")
-    student = dense_model(8, "student")
-    set_numpy_weights(teacher, seed=1)
-    set_numpy_weights(student, seed=2)
-    distiller = keras_abkd.Distiller(
-        teacher,
-        student,
-        distillation_loss=keras_abkd.ABDivergence(alpha=0.3, beta=0.6, temperature=2.0),
-        student_loss_weight=0.5,
-    )
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=0.05),
-        loss="sparse_categorical_crossentropy",
-    )
-    return distiller
 
 
 def data():
@@ -59,7 +38,7 @@ def save(path, distiller, losses, initial_teacher):
 
 
 def train_single(output_dir):
-    distiller = build_distiller()
+    distiller = build_dense_distiller()
     initial_teacher = distiller.teacher.get_weights()
     x, y = data()
     recorder = BatchLosses()
@@ -74,7 +53,7 @@ def train_ddp(output_dir, rank, world_size, rendezvous_file):
     torch_distributed.init_process_group(
         "gloo", init_method=f"file://{rendezvous_file}", rank=rank, world_size=world_size
     )
-    distiller = build_distiller()
+    distiller = build_dense_distiller()
     initial_teacher = distiller.teacher.get_weights()
     student = torch.nn.parallel.DistributedDataParallel(distiller.student)
     optimizer = distiller.optimizer
