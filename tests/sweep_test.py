@@ -19,7 +19,7 @@ from tests import reference
 
 def _tiny_sweep(alphas="0.5"):
     # A digits sweep with the fewest epochs, so that a run costs about a
-    # second and the file still holds real metrics.
+    # second and the file still contains real metrics.
     return [
         "sweep",
         "--task",

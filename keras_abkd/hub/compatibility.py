@@ -100,7 +100,7 @@ def _first_difference(teacher_vocabulary, student_vocabulary):
     return "the vocabularies are equal"
 
 
-# Why each task kind needs one tokenizer, quoted in the error messages.
+# Reasons, per task kind, for needing one tokenizer, quoted in the error messages.
 _TOKENIZER_REASONS = {
     CAUSAL_LM: (
         "Token-level distillation compares the two models token by token, "
